@@ -1,0 +1,44 @@
+# Everything a fresh machine needs: `make demo` trains, `make test` tests.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup data browser demo test test-slow lint bench clean
+
+# The torch pin comes first: 2.13.0 is the local CPU wheel; any other spec pulls CUDA builds.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Fashion-MNIST, the embedded default dataset, from Debian.
+data:
+	@[ -f $(FMNIST)/train-images-idx3-ubyte.gz ] || \
+	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist)
+
+# Headless Chromium for the browser tests of the diagrams and reports.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver)
+
+demo: setup data
+	$(VENV)/bin/resnetkit train --model resnet20 --data fashion-mnist --out runs/demo
+	$(VENV)/bin/resnetkit eval runs/demo/model.safetensors --data fashion-mnist
+
+test: setup data browser
+	$(PY) -m pytest -q -n 2 --dist loadgroup
+
+test-slow: setup data browser
+	$(PY) -m pytest -q --runslow
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

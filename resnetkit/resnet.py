@@ -1,0 +1,251 @@
+"""The ResNet network and its registered builders.
+
+One ``ResNet`` class covers every family: the ImageNet networks (7x7 stem + max-pool,
+four stages of 64..512 channels) and the CIFAR networks of the paper's Sec. 4.2
+(3x3 stem, three stages of 16/32/64 channels, 6n+2 layers) are two configurations
+of the same pieces, as are the plain nets (``shortcut="none"``).
+
+    >>> import resnetkit
+    >>> m = resnetkit.create_model("resnet50", num_classes=10, in_chans=1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .blocks import (
+    SHORTCUTS,
+    VERSIONS,
+    BasicBlock,
+    Bottleneck,
+    NormLayer,
+    PreActBasicBlock,
+    PreActBottleneck,
+)
+from .registry import register_model
+
+_BLOCKS = {
+    ("basic", False): BasicBlock,
+    ("bottleneck", False): Bottleneck,
+    ("basic", True): PreActBasicBlock,
+    ("bottleneck", True): PreActBottleneck,
+}
+
+
+class ResNet(nn.Module):
+    """A residual (or plain) network.
+
+    Args:
+        block: "basic" or "bottleneck".
+        layers: blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50, (3, 3, 3) for ResNet-20.
+        widths: base channels per stage (a bottleneck's output is 4x that).
+        stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool) or "cifar" (3x3/1 conv).
+        shortcut: "A", "B", "C" or "none" (see blocks.py).
+        version: "1" (paper), "1.5" (torchvision: stride on the 3x3) or "2" (pre-activation).
+        groups, width_per_group: ResNeXt cardinality and width (wide ResNets: 128 per group).
+        zero_init_residual: start the last BN of every branch at zero, so each block starts
+            as the identity (Goyal et al. 2017, "improves the model by 0.2~0.3%" per torchvision).
+        drop_path_rate: stochastic depth, rising linearly to this rate in the last block.
+    """
+
+    def __init__(
+        self,
+        block: str,
+        layers: Sequence[int],
+        *,
+        widths: Sequence[int] = (64, 128, 256, 512),
+        stem: str = "imagenet",
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        shortcut: str = "B",
+        version: str = "1.5",
+        groups: int = 1,
+        width_per_group: int = 64,
+        zero_init_residual: bool = False,
+        drop_path_rate: float = 0.0,
+        norm_layer: NormLayer | None = None,
+    ) -> None:
+        super().__init__()
+        if shortcut not in SHORTCUTS:
+            raise ValueError(f"shortcut must be one of {', '.join(SHORTCUTS)}, got {shortcut!r}")
+        if version not in VERSIONS:
+            raise ValueError(f"version must be one of {', '.join(VERSIONS)}, got {version!r}")
+        if stem not in ("imagenet", "cifar"):
+            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        norm_layer = norm_layer or nn.BatchNorm2d
+        preact = version == "2"
+        block_cls = _BLOCKS[(block, preact)]
+        self.preact = preact
+        self.num_classes = num_classes
+        # What the family is meant to see; summary and diagrams use it when not told otherwise.
+        self.default_input_size = (in_chans, 224, 224) if stem == "imagenet" else (in_chans, 32, 32)
+
+        # Stem. Pre-activation nets leave the stem's BN-ReLU to the first block.
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_chans, widths[0], 7, stride=2, padding=3, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(in_chans, widths[0], 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.Identity() if preact else norm_layer(widths[0])
+        self.relu = nn.Identity() if preact else nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
+
+        # Stages: the first keeps the resolution, each later one halves it and doubles widths.
+        total = sum(layers)
+        inplanes, index = widths[0], 0
+        for i, (n, planes) in enumerate(zip(layers, widths)):
+            blocks = []
+            for j in range(n):
+                rate = drop_path_rate * index / max(total - 1, 1)
+                blocks.append(block_cls(
+                    inplanes, planes, stride=2 if (i > 0 and j == 0) else 1, shortcut=shortcut,
+                    groups=groups, base_width=width_per_group, version=version,
+                    norm_layer=norm_layer, drop_path=rate,
+                ))
+                inplanes, index = planes * block_cls.expansion, index + 1
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+        self.num_stages = len(layers)
+        self.num_features = inplanes
+        # Pre-activation nets end with the BN-ReLU that no block applies after its last add.
+        self.norm = norm_layer(inplanes) if preact else nn.Identity()
+        self.final_relu = nn.ReLU() if preact else nn.Identity()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(inplanes, num_classes) if num_classes > 0 else nn.Identity()
+
+        # Paper Sec. 3.4: weights initialised as in He et al. 2015 ("Delving deep").
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if hasattr(m, "zero_init_last"):
+                    m.zero_init_last()
+
+    def stages(self) -> list[nn.Sequential]:
+        return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature map before pooling: (N, num_features, H/32, W/32) for ImageNet nets."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for stage in self.stages():
+            x = stage(x)
+        return self.final_relu(self.norm(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Global average pool, then the classifier unless ``pre_logits``."""
+        x = torch.flatten(self.avgpool(x), 1)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a freshly initialised one (0: no classifier)."""
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if hasattr(self, "model_args"):
+            self.model_args["num_classes"] = num_classes
+
+
+# ---------------------------------------------------------------------------------------------
+# Builders. Each is a thin keyword-only function; `create_model(name, **kwargs)` calls them.
+
+def _imagenet(block: str, layers: Sequence[int], kwargs: dict, **defaults) -> ResNet:
+    return ResNet(block, layers, **{"stem": "imagenet", "shortcut": "B", **defaults, **kwargs})
+
+
+def _cifar(depth: int, kwargs: dict, **defaults) -> ResNet:
+    """The paper's CIFAR nets: 6n+2 weighted layers, n basic blocks per stage."""
+    n = (depth - 2) // 6
+    cfg = {"widths": (16, 32, 64), "stem": "cifar", "shortcut": "A", "num_classes": 10}
+    return ResNet("basic", (n, n, n), **{**cfg, **defaults, **kwargs})
+
+
+@register_model
+def resnet18(**kwargs) -> ResNet:
+    return _imagenet("basic", (2, 2, 2, 2), kwargs)
+
+
+@register_model
+def resnet34(**kwargs) -> ResNet:
+    return _imagenet("basic", (3, 4, 6, 3), kwargs)
+
+
+@register_model
+def resnet50(**kwargs) -> ResNet:
+    return _imagenet("bottleneck", (3, 4, 6, 3), kwargs)
+
+
+@register_model
+def resnet101(**kwargs) -> ResNet:
+    return _imagenet("bottleneck", (3, 4, 23, 3), kwargs)
+
+
+@register_model
+def resnet152(**kwargs) -> ResNet:
+    return _imagenet("bottleneck", (3, 8, 36, 3), kwargs)
+
+
+@register_model
+def resnext50_32x4d(**kwargs) -> ResNet:
+    return _imagenet("bottleneck", (3, 4, 6, 3), kwargs, groups=32, width_per_group=4)
+
+
+@register_model
+def resnext101_32x8d(**kwargs) -> ResNet:
+    return _imagenet("bottleneck", (3, 4, 23, 3), kwargs, groups=32, width_per_group=8)
+
+
+@register_model
+def resnext101_64x4d(**kwargs) -> ResNet:
+    return _imagenet("bottleneck", (3, 4, 23, 3), kwargs, groups=64, width_per_group=4)
+
+
+@register_model
+def wide_resnet50_2(**kwargs) -> ResNet:
+    return _imagenet("bottleneck", (3, 4, 6, 3), kwargs, width_per_group=128)
+
+
+@register_model
+def wide_resnet101_2(**kwargs) -> ResNet:
+    return _imagenet("bottleneck", (3, 4, 23, 3), kwargs, width_per_group=128)
+
+
+@register_model
+def plain18(**kwargs) -> ResNet:
+    return _imagenet("basic", (2, 2, 2, 2), kwargs, shortcut="none")
+
+
+@register_model
+def plain34(**kwargs) -> ResNet:
+    return _imagenet("basic", (3, 4, 6, 3), kwargs, shortcut="none")
+
+
+def _register_cifar(depth: int) -> None:
+    def resnet(**kwargs) -> ResNet:
+        return _cifar(depth, kwargs)
+
+    def plain(**kwargs) -> ResNet:
+        return _cifar(depth, kwargs, shortcut="none")
+
+    resnet.__name__ = resnet.__qualname__ = f"resnet{depth}"
+    resnet.__doc__ = f"CIFAR ResNet-{depth} (paper Sec. 4.2): 3 stages of {(depth - 2) // 6} basic blocks."
+    plain.__name__ = plain.__qualname__ = f"plain{depth}"
+    plain.__doc__ = f"Plain-{depth}: ResNet-{depth} without shortcuts (paper Fig. 6)."
+    register_model(resnet)
+    if depth <= 110:
+        register_model(plain)
+
+
+for _depth in (20, 32, 44, 56, 110, 1202):
+    _register_cifar(_depth)

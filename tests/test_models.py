@@ -1,0 +1,300 @@
+"""The model family against independent facts: torchvision's keys, shapes and counts,
+the paper's and the CIFAR reference counts, and a functional re-implementation of
+torchvision's forward pass."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import resnetkit
+from resnetkit.blocks import ZeroPadShortcut
+
+IMAGENET = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+            "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]
+CIFAR = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202"]
+PLAIN = ["plain18", "plain34", "plain20", "plain32", "plain44", "plain56", "plain110"]
+# Checked by counts only: too large for a fast forward/backward on 2 cores.
+HUGE = {"resnet1202", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet101_2"}
+
+
+def meta_model(name, **kw):
+    """Build on the meta device: shapes and counts without allocating or computing."""
+    with torch.device("meta"):
+        return resnetkit.create_model(name, **kw)
+
+
+def test_registry_lists_every_required_name():
+    assert resnetkit.list_models() == sorted(IMAGENET + CIFAR + PLAIN)
+    assert resnetkit.list_models("plain*") == sorted(PLAIN)
+    with pytest.raises(KeyError, match="resnet50"):
+        resnetkit.create_model("resnet5O")  # letter O: suggests the real name
+    with pytest.raises(ValueError, match="already registered"):
+        resnetkit.register_model(resnetkit.resnet.resnet18)
+
+
+@pytest.mark.parametrize("name", IMAGENET)
+def test_imagenet_state_dict_params_and_macs_match_torchvision(name, torchvision_ref):
+    ref = torchvision_ref[name]
+    model = meta_model(name)
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == ref["state_dict"]
+    assert list(model.state_dict()) == list(ref["state_dict"])  # same order too
+    s = resnetkit.summary(model, (1, 3, 224, 224))
+    assert s.params == ref["params"]
+    assert s.macs == ref["macs_224"]
+
+
+@pytest.mark.parametrize("name", CIFAR)
+def test_cifar_params_and_macs_match_reference(name, anchors):
+    ref = anchors["cifar_resnets_option_A"]
+    s = resnetkit.summary(meta_model(name), (1, 3, 32, 32))
+    assert s.params == ref["params"][name]
+    assert s.macs == ref["macs_32"][name]
+    assert s.weighted_layers == int(name[len("resnet"):])  # 6n+2
+
+
+def test_paper_v1_bottleneck_gmacs(anchors):
+    # Paper Table 1 puts the stride on the first 1x1: 3.86 / 7.57 / 11.28 GMACs (anchors note).
+    for name, gmacs in [("resnet50", 3.86), ("resnet101", 7.57), ("resnet152", 11.28)]:
+        s = resnetkit.summary(meta_model(name, version="1"), (1, 3, 224, 224))
+        assert round(s.macs / 1e9, 2) == gmacs
+        table1 = anchors["paper_he_2016"]["table1_imagenet_macs"][name]
+        assert abs(s.macs - table1) / table1 < 0.02
+
+
+@pytest.mark.parametrize("plain,twin,size", [
+    ("plain18", "resnet18", 224), ("plain34", "resnet34", 224), ("plain20", "resnet20", 32),
+    ("plain32", "resnet32", 32), ("plain44", "resnet44", 32), ("plain56", "resnet56", 32),
+    ("plain110", "resnet110", 32),
+])
+def test_plain_nets_count_like_their_option_a_twins(plain, twin, size):
+    p = resnetkit.summary(meta_model(plain), (1, 3, size, size))
+    r = resnetkit.summary(meta_model(twin, shortcut="A"), (1, 3, size, size))
+    assert (p.params, p.macs, p.weighted_layers) == (r.params, r.macs, r.weighted_layers)
+
+
+def test_resnet50_is_49_convs_plus_one_fc():
+    s = resnetkit.summary(meta_model("resnet50"), (1, 3, 224, 224))
+    convs = [r for r in s.rows if r.type == "Conv2d"]
+    assert sum(r.main_path for r in convs) == 49
+    assert sum(not r.main_path for r in convs) == 4  # one projection per stage
+    assert [r.type for r in s.rows if r.type == "Linear"] == ["Linear"]
+    assert s.weighted_layers == 50
+    assert s.params == 25_557_032
+    text = str(s)
+    assert "25,557,032" in text and "Weighted layers:  50" in text
+
+
+def test_shortcut_options_parameter_order():
+    a, b, c, none = (resnetkit.summary(meta_model("resnet34", shortcut=o)).params
+                     for o in ("A", "B", "C", "none"))
+    assert a == none < b < c  # paper Sec. 3.3: A is parameter-free, C projects everywhere
+    # B's extra parameters are exactly the three 1x1 projections (+BN) of torchvision's resnet34.
+    assert b - a == sum(ci * co + 2 * co for ci, co in [(64, 128), (128, 256), (256, 512)])
+
+
+# --- a functional torchvision ResNet, written from its definition, to check outputs -----------
+
+def _bn(x, sd, p):
+    return F.batch_norm(x, sd[p + ".running_mean"], sd[p + ".running_var"], sd[p + ".weight"],
+                        sd[p + ".bias"], training=False, eps=1e-5)
+
+
+def torchvision_forward(sd, x, layers, bottleneck, groups=1):
+    x = F.relu(_bn(F.conv2d(x, sd["conv1.weight"], stride=2, padding=3), sd, "bn1"))
+    x = F.max_pool2d(x, 3, 2, 1)
+    for s, n in enumerate(layers):
+        for b in range(n):
+            p = f"layer{s + 1}.{b}"
+            stride = 2 if (s > 0 and b == 0) else 1
+            idt = x
+            if p + ".downsample.0.weight" in sd:
+                idt = _bn(F.conv2d(x, sd[p + ".downsample.0.weight"], stride=stride), sd,
+                          p + ".downsample.1")
+            if bottleneck:  # v1.5: stride on the 3x3
+                o = F.relu(_bn(F.conv2d(x, sd[p + ".conv1.weight"]), sd, p + ".bn1"))
+                o = F.relu(_bn(F.conv2d(o, sd[p + ".conv2.weight"], stride=stride, padding=1,
+                                        groups=groups), sd, p + ".bn2"))
+                o = _bn(F.conv2d(o, sd[p + ".conv3.weight"]), sd, p + ".bn3")
+            else:
+                o = F.relu(_bn(F.conv2d(x, sd[p + ".conv1.weight"], stride=stride, padding=1), sd,
+                               p + ".bn1"))
+                o = _bn(F.conv2d(o, sd[p + ".conv2.weight"], padding=1), sd, p + ".bn2")
+            x = F.relu(o + idt)
+    x = x.mean((2, 3))
+    return F.linear(x, sd["fc.weight"], sd["fc.bias"])
+
+
+@pytest.mark.parametrize("name,layers,bottleneck,groups", [
+    ("resnet18", (2, 2, 2, 2), False, 1),
+    ("resnet50", (3, 4, 6, 3), True, 1),
+    ("resnext50_32x4d", (3, 4, 6, 3), True, 32),
+])
+def test_torchvision_checkpoint_loads_strict_and_gives_same_outputs(
+        name, layers, bottleneck, groups, torchvision_ref):
+    # A "torchvision checkpoint": the reference keys and shapes, filled with random values.
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for k, shape in torchvision_ref[name]["state_dict"].items():
+        if k.endswith("num_batches_tracked"):
+            sd[k] = torch.tensor(0)
+        elif k.endswith("running_var"):
+            sd[k] = torch.rand(shape, generator=g) + 0.5
+        else:
+            sd[k] = torch.randn(shape, generator=g) * 0.1
+    model = resnetkit.create_model(name).eval()
+    model.load_state_dict(sd, strict=True)
+    x = torch.randn(2, 3, 64, 64, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), torchvision_forward(sd, x, layers, bottleneck, groups),
+                                   rtol=1e-4, atol=1e-4)
+
+
+# --- every model runs: forward, backward, export -----------------------------------------------
+
+RUNNABLE = [n for n in resnetkit.list_models() if n not in HUGE]
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_forward_backward_and_export(name):
+    torch.manual_seed(0)
+    model = resnetkit.create_model(name, num_classes=7)
+    size = 32 if model.default_input_size[1] == 32 else 64
+    x = torch.randn(2, 3, size, size)
+    out = model(x)
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+    out.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"no gradient reached {missing[:5]}"
+
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+        exported = torch.export.export(model, (x,))
+        torch.testing.assert_close(exported.module()(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("version", ["1", "1.5", "2"])
+@pytest.mark.parametrize("shortcut", ["A", "B", "C", "none"])
+def test_every_option_combination_runs(version, shortcut):
+    for name in ("resnet20", "resnet50"):
+        model = resnetkit.create_model(name, shortcut=shortcut, version=version, in_chans=1,
+                                       num_classes=3)
+        out = model(torch.randn(2, 1, 32, 32))
+        assert out.shape == (2, 3) and torch.isfinite(out).all()
+
+
+def test_stride_placement_of_versions():
+    v1 = resnetkit.create_model("resnet50", version="1").layer2[0]
+    v15 = resnetkit.create_model("resnet50").layer2[0]
+    assert (v1.conv1.stride, v1.conv2.stride) == ((2, 2), (1, 1))
+    assert (v15.conv1.stride, v15.conv2.stride) == ((1, 1), (2, 2))
+
+
+def test_zero_init_residual_makes_blocks_identities():
+    """With the last BN (or conv) of each branch at zero, F(x) = 0 and a block outputs
+    relu(x + 0) = x for x >= 0 (post-activation) or exactly x (pre-activation)."""
+    x = torch.rand(2, 16, 8, 8)
+    post = resnetkit.create_model("resnet20", zero_init_residual=True).eval().layer1[0]
+    pre = resnetkit.create_model("resnet20", zero_init_residual=True, version="2").eval().layer1[0]
+    with torch.no_grad():
+        torch.testing.assert_close(post(x), x)
+        xs = torch.randn(2, 16, 8, 8)
+        torch.testing.assert_close(pre(xs), xs)  # no ReLU after the add
+        # A downsampling option-A block passes x subsampled and zero-padded.
+        down = resnetkit.create_model("resnet20", zero_init_residual=True).eval().layer2[0]
+        assert isinstance(down.downsample, ZeroPadShortcut)
+        out = down(x)
+        torch.testing.assert_close(out[:, :16], x[:, :, ::2, ::2])
+        assert out[:, 16:].abs().max() == 0
+    # Plain nets have no identity to fall back on: their zero-init block outputs zeros.
+    plain = resnetkit.create_model("plain20", zero_init_residual=True).eval().layer1[0]
+    with torch.no_grad():
+        assert plain(x).abs().max() == 0
+
+
+def test_init_follows_the_paper():
+    m = resnetkit.create_model("resnet56")
+    w = m.layer3[0].conv1.weight  # fan_out = 64 * 3 * 3, kaiming: std = sqrt(2 / fan_out)
+    assert abs(w.std().item() - (2 / (64 * 9)) ** 0.5) < 0.01
+    assert (m.layer3[0].bn1.weight == 1).all() and (m.layer3[0].bn1.bias == 0).all()
+
+
+def test_drop_path_is_stochastic_in_training_only():
+    m = resnetkit.create_model("resnet20", drop_path_rate=0.5)
+    rates = [b.drop_path.p for s in m.stages() for b in s if hasattr(b.drop_path, "p")]
+    assert rates[-1] == 0.5 and rates == sorted(rates)
+    x = torch.randn(4, 3, 32, 32)
+    m.eval()
+    with torch.no_grad():
+        assert torch.equal(m(x), m(x))
+        m.train()
+        torch.manual_seed(0)
+        a = m(x)
+        torch.manual_seed(1)
+        assert not torch.allclose(a, m(x))
+
+
+def test_features_head_and_classifier_reset():
+    m = resnetkit.create_model("resnet18", in_chans=1, num_classes=5).eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        f = m.forward_features(x)
+        assert f.shape == (2, 512, 2, 2)
+        assert m.forward_head(f, pre_logits=True).shape == (2, 512)
+        torch.testing.assert_close(m.forward_head(f), m(x))
+    m.reset_classifier(11)
+    assert m(x).shape == (2, 11) and m.model_args["num_classes"] == 11
+    m.reset_classifier(0)
+    assert m(x).shape == (2, 512)
+
+
+def test_channels_last_matches_contiguous():
+    m = resnetkit.create_model("resnet50", num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = m(x)
+        m = m.to(memory_format=torch.channels_last)
+        torch.testing.assert_close(m(x.to(memory_format=torch.channels_last)), ref,
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_torch_compile_matches_eager():
+    m = resnetkit.create_model("resnet20", version="2").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(m)(x), m(x), rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_export_runs_in_onnxruntime(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    m = resnetkit.create_model("resnet20").eval()
+    x = torch.randn(2, 3, 32, 32)
+    path = tmp_path / "resnet20.onnx"
+    torch.onnx.export(m, (x,), str(path), dynamo=True)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), m(x), rtol=1e-4, atol=1e-4)
+
+
+def test_cli_summary_prints_table_and_totals():
+    run = subprocess.run([sys.executable, "-m", "resnetkit.cli", "summary", "resnet50"],
+                         capture_output=True, text=True, check=True)
+    assert "layer4.2.conv3" in run.stdout and "25,557,032" in run.stdout
+    assert "4,089,184,256" in run.stdout
+    run = subprocess.run([sys.executable, "-m", "resnetkit.cli", "summary", "resnet20",
+                          "--in-chans", "1", "--input-size", "1", "28", "28", "--num-classes", "10"],
+                         capture_output=True, text=True, check=True)
+    # One input channel instead of three: the 3x3 stem conv loses 2 x 16 x 9 weights.
+    assert f"{269_722 - 2 * 16 * 9:,} trainable" in run.stdout
+
+
+def test_cli_unknown_model_is_one_line_exit_2():
+    run = subprocess.run([sys.executable, "-m", "resnetkit.cli", "summary", "resnet51"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and "unknown model 'resnet51'" in run.stderr
+    assert "Traceback" not in run.stderr
