@@ -1,9 +1,10 @@
 """resnetkit: Residual Networks (He et al., CVPR 2016), exact, trainable and explained."""
 
 from . import resnet as _resnet  # noqa: F401  (registers the builders)
+from .checkpoint import load
 from .registry import create_model, list_models, register_model
 from .resnet import ResNet
 from .summary import Summary, summary
 
 __version__ = "0.1.0"
-__all__ = ["ResNet", "Summary", "create_model", "list_models", "register_model", "summary"]
+__all__ = ["ResNet", "Summary", "create_model", "list_models", "load", "register_model", "summary"]

@@ -1,0 +1,136 @@
+"""Everything the trainer writes to disk, and loading it back safely.
+
+* ``atomic_write``: temp file in the same folder, fsync, rename, so a crash mid-write
+  never leaves a half-written checkpoint in place of a good one.
+* ``checkpoint.pt``: full training state for ``--resume``, loaded with ``weights_only=True``
+  (no arbitrary unpickling).
+* ``model.safetensors``: final weights, with the model name and constructor arguments in
+  its metadata so ``load(path)`` rebuilds the model from the file alone.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
+from torch import nn
+
+from .errors import UserError
+from .registry import create_model
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, text.encode())
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise UserError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+
+
+def model_metadata(model: nn.Module, extra: dict | None = None) -> dict[str, str]:
+    """What ``load`` needs to rebuild ``model``; safetensors metadata values are strings."""
+    args = {k: v for k, v in getattr(model, "model_args", {}).items() if k != "norm_layer"}
+    meta = {"model_name": getattr(model, "model_name", ""), "model_args": json.dumps(args)}
+    for k, v in (extra or {}).items():
+        meta[k] = json.dumps(v)
+    return meta
+
+
+def save_weights(path: str | Path, model: nn.Module, extra: dict | None = None) -> None:
+    """``model.safetensors`` with rebuild metadata; ``extra`` values are JSON-encoded."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path, save(tensors, metadata=model_metadata(model, extra)))
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The JSON-decoded metadata of a weights file written by ``save_weights``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"not a safetensors file: {path} ({e})") from None
+    meta = {}
+    for k, v in raw.items():
+        try:
+            meta[k] = json.loads(v)
+        except json.JSONDecodeError:
+            meta[k] = v
+    return meta
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model from a ``model.safetensors`` written by resnetkit (or a checkpoint.pt)."""
+    path = Path(path)
+    if path.suffix in (".pt", ".pth"):
+        ckpt = load_checkpoint(path, map_location)
+        if "model_name" not in ckpt:
+            raise UserError(f"{path} has no model name: not a resnetkit checkpoint")
+        model = create_model(ckpt["model_name"], **ckpt["model_args"])
+        model.load_state_dict(ckpt["model"])
+        return model
+    meta = read_metadata(path)
+    if not meta.get("model_name"):
+        raise UserError(f"{path} has no model_name metadata: not written by resnetkit")
+    model = create_model(meta["model_name"], **meta.get("model_args", {}))
+    model.load_state_dict(load_file(str(path), device=str(map_location)))
+    model.metadata = meta
+    return model
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights from a .safetensors file, a torchvision-style .pth state dict, or our checkpoint."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        read_metadata(path)  # validates the file, with a clean error
+        return load_file(str(path))
+    obj = load_checkpoint(path)
+    for key in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path} does not hold a state dict")
+    return {k.removeprefix("module."): v for k, v in obj.items()}

@@ -1,0 +1,481 @@
+"""Datasets: readers for the real file formats, and loaders that feed the trainer.
+
+Small datasets (Fashion-MNIST, MNIST, CIFAR) are read whole into one uint8 tensor that
+lives on the training device; ``TensorLoader`` augments a whole batch at a time there
+(random crop with padding, horizontal flip) with no per-sample Python, as the fastest
+CIFAR trainers do. Image folders too large for memory stream through DataLoader workers
+(``folder_loader``). Every reader fails with a ``UserError`` that names the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import math
+import os
+import pickle
+import struct
+import tarfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot"]
+DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "folder")
+
+
+@dataclass
+class ArrayDataset:
+    """A whole split in memory: images (N, C, H, W) uint8, labels (N,) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+# --- IDX (MNIST / Fashion-MNIST) -----------------------------------------------------------
+
+def _read_maybe_gzip(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+            f.seek(0)
+            if head == b"\x1f\x8b":
+                with gzip.open(f) as g:
+                    return g.read()
+            return f.read()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (gzipped or not): a magic number giving the type and rank, the
+    dimensions as big-endian int32, then the data. Only unsigned bytes (type 0x08) occur in
+    (Fashion-)MNIST, and only those are accepted."""
+    path = Path(path)
+    raw = _read_maybe_gzip(path)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise UserError(f"not an IDX file (bad magic number): {path}")
+    dtype, ndim = raw[2], raw[3]
+    if dtype != 0x08:
+        raise UserError(f"unsupported IDX data type 0x{dtype:02x} (expected unsigned bytes): {path}")
+    if len(raw) < 4 + 4 * ndim:
+        raise UserError(f"truncated IDX header: {path}")
+    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    expected = math.prod(dims)
+    body = raw[4 + 4 * ndim:]
+    if len(body) != expected:
+        raise UserError(f"truncated or oversized IDX file: {path} holds {len(body)} data bytes, "
+                        f"its header {dims} says {expected}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
+
+
+def _find(folder: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).exists():
+            return folder / name
+    raise UserError(f"missing file {folder / stem}[.gz]")
+
+
+def load_idx_split(folder: str | Path, train: bool, classes: list[str] | None = None) -> ArrayDataset:
+    """One split of an MNIST-format folder (train-images-idx3-ubyte[.gz] and friends)."""
+    folder = Path(folder)
+    prefix = "train" if train else "t10k"
+    img_path = _find(folder, f"{prefix}-images-idx3-ubyte")
+    lbl_path = _find(folder, f"{prefix}-labels-idx1-ubyte")
+    images, labels = read_idx(img_path), read_idx(lbl_path)
+    if images.ndim != 3:
+        raise UserError(f"expected a 3-dimensional image array, got shape {images.shape}: {img_path}")
+    if labels.ndim != 1:
+        raise UserError(f"expected a 1-dimensional label array, got shape {labels.shape}: {lbl_path}")
+    if len(labels) != len(images):
+        raise UserError(f"label count {len(labels)} does not match image count {len(images)}: {lbl_path}")
+    n_classes = int(labels.max()) + 1 if len(labels) else 0
+    if classes is not None and n_classes > len(classes):
+        raise UserError(f"label {n_classes - 1} out of range for {len(classes)} classes: {lbl_path}")
+    return ArrayDataset(torch.from_numpy(images.copy()).unsqueeze(1),
+                        torch.from_numpy(labels.astype(np.int64)),
+                        classes or [str(i) for i in range(max(n_classes, 10))])
+
+
+# --- CIFAR ---------------------------------------------------------------------------------
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits only what the CIFAR python batches contain: dicts, lists, strings, numbers and
+    numpy arrays. Any other global (os.system, builtins.eval, ...) is refused, so a crafted
+    file cannot run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),  # how protocol-2 pickles from Python 3 spell bytes
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
+
+
+def _unpickle(data: bytes, where: str) -> dict:
+    try:
+        obj = _CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except Exception as e:  # any malformed pickle: report, do not crash
+        raise UserError(f"cannot read CIFAR batch {where}: {e}") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"not a CIFAR batch (expected a dict): {where}")
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+
+def _cifar_batch(batch: dict, label_key: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+    if "data" not in batch or label_key not in batch:
+        raise UserError(f"CIFAR batch lacks 'data' or {label_key!r}: {where}")
+    data = np.asarray(batch["data"], dtype=np.uint8)
+    labels = np.asarray(batch[label_key], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3072:
+        raise UserError(f"CIFAR data must be N x 3072 bytes, got {data.shape}: {where}")
+    if len(labels) != len(data):
+        raise UserError(f"label count {len(labels)} does not match image count {len(data)}: {where}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+class _Source:
+    """Files of a dataset, from a folder or straight out of its .tar.gz."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.tar, self.members = root, None, {}
+        if root.is_file():
+            try:
+                self.tar = tarfile.open(root)
+            except (tarfile.TarError, OSError) as e:
+                raise UserError(f"cannot open archive {root}: {e}") from None
+            self.members = {Path(m.name).name: m for m in self.tar.getmembers() if m.isfile()}
+
+    def read(self, name: str) -> tuple[bytes, str]:
+        if self.tar is not None:
+            if name not in self.members:
+                raise UserError(f"archive has no file {name}: {self.root}")
+            return self.tar.extractfile(self.members[name]).read(), f"{self.root}:{name}"
+        for candidate in (self.root / name, *self.root.glob(f"*/{name}")):
+            if candidate.is_file():
+                return candidate.read_bytes(), str(candidate)
+        raise UserError(f"missing file {name} in {self.root}")
+
+    def has(self, name: str) -> bool:
+        if self.tar is not None:
+            return name in self.members
+        return (self.root / name).is_file() or any(self.root.glob(f"*/{name}"))
+
+
+def load_cifar_split(root: str | Path, train: bool, num_classes: int = 10) -> ArrayDataset:
+    """CIFAR-10/100 from the python version (tarball or extracted folder) or the binary version."""
+    src = _Source(Path(root))
+    if num_classes == 10:
+        py_names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+        bin_names = [f"data_batch_{i}.bin" for i in range(1, 6)] if train else ["test_batch.bin"]
+        py_meta, label_key, meta_key, bin_meta = "batches.meta", "labels", "label_names", "batches.meta.txt"
+    else:
+        py_names, bin_names = (["train"], ["train.bin"]) if train else (["test"], ["test.bin"])
+        py_meta, label_key, meta_key, bin_meta = "meta", "fine_labels", "fine_label_names", "fine_label_names.txt"
+
+    chunks, labels = [], []
+    if src.has(py_names[0]):
+        for name in py_names:
+            raw, where = src.read(name)
+            x, y = _cifar_batch(_unpickle(raw, where), label_key, where)
+            chunks.append(x)
+            labels.append(y)
+        classes = None
+        if src.has(py_meta):
+            raw, where = src.read(py_meta)
+            names = _unpickle(raw, where).get(meta_key)
+            classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names] if names else None
+    elif src.has(bin_names[0]):
+        label_bytes = 1 if num_classes == 10 else 2  # CIFAR-100: coarse then fine label
+        record = label_bytes + 3072
+        for name in bin_names:
+            raw, where = src.read(name)
+            if len(raw) == 0 or len(raw) % record:
+                raise UserError(f"CIFAR binary file size {len(raw)} is not a multiple of {record}: {where}")
+            arr = np.frombuffer(raw, dtype=np.uint8).reshape(-1, record)
+            labels.append(arr[:, label_bytes - 1].astype(np.int64))
+            chunks.append(arr[:, label_bytes:].reshape(-1, 3, 32, 32))
+        classes = None
+        if src.has(bin_meta):
+            raw, _ = src.read(bin_meta)
+            classes = [line for line in raw.decode(errors="replace").splitlines() if line.strip()]
+    else:
+        raise UserError(f"no CIFAR-{num_classes} batches ({py_names[0]} or {bin_names[0]}) in {root}")
+    y = np.concatenate(labels)
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise UserError(f"CIFAR label {int(y.max())} out of range for {num_classes} classes in {root}")
+    return ArrayDataset(torch.from_numpy(np.concatenate(chunks).copy()), torch.from_numpy(y),
+                        classes or [str(i) for i in range(num_classes)])
+
+
+# --- choosing a dataset --------------------------------------------------------------------
+
+def load_arrays(name: str, data_dir: str | Path | None, train: bool) -> ArrayDataset:
+    """One split of an in-memory dataset by name."""
+    if name == "fashion-mnist":
+        folder = Path(data_dir) if data_dir else FASHION_MNIST_DIR
+        if not folder.exists():
+            raise UserError(
+                f"Fashion-MNIST not found at {folder}: install it with "
+                "`sudo apt-get install dataset-fashion-mnist` or pass --data-dir")
+        return load_idx_split(folder, train, FASHION_MNIST_CLASSES)
+    if name == "mnist":
+        if not data_dir:
+            raise UserError("--data mnist needs --data-dir (a folder of MNIST-format IDX files)")
+        if not Path(data_dir).exists():
+            raise UserError(f"data folder not found: {data_dir}")
+        return load_idx_split(data_dir, train)
+    if name in ("cifar10", "cifar100"):
+        if not data_dir:
+            raise UserError(f"--data {name} needs --data-dir (the python or binary version)")
+        if not Path(data_dir).exists():
+            raise UserError(f"data folder not found: {data_dir}")
+        return load_cifar_split(data_dir, train, 10 if name == "cifar10" else 100)
+    raise UserError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+
+
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images, on the 0..1 scale."""
+    x = images.double().div_(255).transpose(0, 1).reshape(images.shape[1], -1)
+    return x.mean(1).tolist(), x.std(1).tolist()
+
+
+def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 (N, C, H, W) to normalised float32."""
+    m = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    return (images.float().div_(255) - m) / s
+
+
+class TensorLoader:
+    """Batches from a dataset held as one tensor on the training device.
+
+    Every epoch's order and augmentation are drawn up front from a generator seeded by
+    (seed, epoch), so epoch e is the same whatever happened before it and a resumed run
+    can skip exactly the batches it already did (``start_batch``). Under DDP each rank
+    takes every world-th sample of the shared permutation.
+    """
+
+    def __init__(
+        self, data: ArrayDataset, batch_size: int, *, train: bool, mean: list[float], std: list[float],
+        device: torch.device | str = "cpu", pad: int = 0, flip: bool = False, seed: int = 0,
+        rank: int = 0, world_size: int = 1, drop_last: bool | None = None,
+    ) -> None:
+        self.images = data.images.to(device)
+        self.labels = data.labels.to(device)
+        self.batch_size, self.train = batch_size, train
+        self.mean, self.std, self.pad, self.flip = mean, std, pad, flip
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.drop_last = train if drop_last is None else drop_last
+        self.device = torch.device(device)
+        # Zero-pad once (as the paper's CIFAR recipe), so a random crop is a shifted window.
+        self.padded = F.pad(self.images, (pad,) * 4) if pad and train else None
+
+    def _indices(self, epoch: int) -> torch.Tensor:
+        n = len(self.labels)
+        if not self.train:
+            idx = torch.arange(n)
+        else:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            idx = torch.randperm(n, generator=g)
+        return idx[self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        n = math.ceil(len(self.labels) / self.world_size) if self.world_size > 1 else len(self.labels)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def epoch(self, epoch: int, start_batch: int = 0):
+        """Yield (normalised float images, labels) for one epoch, from ``start_batch`` on."""
+        idx = self._indices(epoch)
+        n = len(idx)
+        if self.train:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 7_919)
+            shifts = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=g)
+            flips = torch.rand(n, generator=g) < 0.5
+        for b in range(start_batch, len(self)):
+            sel = idx[b * self.batch_size:(b + 1) * self.batch_size]
+            if self.train and self.padded is not None:
+                x = self._crop(sel, shifts[b * self.batch_size:(b + 1) * self.batch_size])
+            else:
+                x = self.images[sel.to(self.device)]
+            if self.train and self.flip:
+                f = flips[b * self.batch_size:(b + 1) * self.batch_size].to(self.device)
+                x = torch.where(f.view(-1, 1, 1, 1), x.flip(3), x)
+            yield normalize(x, self.mean, self.std), self.labels[sel.to(self.device)]
+
+    def _crop(self, sel: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+        """Random crops for a whole batch by one gather: rows dy..dy+H, cols dx..dx+W."""
+        h, w = self.images.shape[2:]
+        dev = self.device
+        rows = (shifts[:, 0:1] + torch.arange(h)).to(dev)  # (B, H)
+        cols = (shifts[:, 1:2] + torch.arange(w)).to(dev)  # (B, W)
+        b = sel.to(dev).view(-1, 1, 1)
+        out = self.padded[b, :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+        return out.permute(0, 3, 1, 2)
+
+
+# --- image folders (streamed) --------------------------------------------------------------
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """``root/<class>/<image>``: classes are the sorted sub-folder names.
+
+    Files are decoded by Pillow in DataLoader workers. Training: RandomResizedCrop to
+    ``size`` (scale 0.08-1, aspect 3/4-4/3, Szegedy et al. 2015 as torchvision does);
+    evaluation: resize the short side to size*256/224, then a center crop. Flips and
+    normalisation happen later, on the whole batch. An unreadable file yields None and
+    is skipped by ``collate_skip``, counted and warned about, never a crash.
+    """
+
+    def __init__(self, root: str | Path, train: bool, size: int = 224, seed: int = 0,
+                 in_chans: int = 3) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise UserError(f"image folder not found: {root}")
+        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+        if not self.classes:
+            raise UserError(f"no class sub-folders in {root}")
+        self.samples = [
+            (str(p), i) for i, c in enumerate(self.classes) for p in sorted((root / c).rglob("*"))
+            if p.is_file()
+        ]
+        if not self.samples:
+            raise UserError(f"no files in the class folders of {root}")
+        self.train, self.size, self.seed, self.in_chans = train, size, seed, in_chans
+        self.epoch = 0
+        self.labels = torch.tensor([y for _, y in self.samples])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        from PIL import Image, UnidentifiedImageError
+
+        path, label = self.samples[i]
+        try:
+            with Image.open(path) as im:
+                im = im.convert("L" if self.in_chans == 1 else "RGB")
+                rng = np.random.default_rng((self.seed, self.epoch, i))
+                im = self._random_resized_crop(im, rng) if self.train else self._center_crop(im)
+                arr = np.asarray(im, dtype=np.uint8)
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+            warnings.warn(f"skipping unreadable image {path}: {e}", stacklevel=1)
+            return None
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        return torch.from_numpy(arr.copy()), label
+
+    def _random_resized_crop(self, im, rng):
+        from PIL import Image
+
+        w, h = im.size
+        area = w * h
+        for _ in range(10):
+            target = area * rng.uniform(0.08, 1.0)
+            ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+            cw, ch = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
+            if 0 < cw <= w and 0 < ch <= h:
+                x0, y0 = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
+                return im.resize((self.size, self.size), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
+        return self._center_crop(im)  # fallback for extreme aspect ratios
+
+    def _center_crop(self, im):
+        from PIL import Image
+
+        short = round(self.size * 256 / 224)
+        w, h = im.size
+        scale = short / min(w, h)
+        im = im.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BILINEAR)
+        w, h = im.size
+        x0, y0 = (w - self.size) // 2, (h - self.size) // 2
+        return im.crop((x0, y0, x0 + self.size, y0 + self.size))
+
+
+def collate_skip(batch):
+    """Stack the readable samples; the third element counts the skipped ones."""
+    good = [b for b in batch if b is not None]
+    if not good:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), len(batch)
+    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), len(batch) - len(good)
+
+
+class FolderLoader:
+    """Streams an ``ImageFolder`` through DataLoader workers; same interface as TensorLoader."""
+
+    def __init__(self, data: ImageFolder, batch_size: int, *, train: bool, mean: list[float],
+                 std: list[float], device: torch.device | str = "cpu", flip: bool = False,
+                 workers: int = 2, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.data, self.batch_size, self.train = data, batch_size, train
+        self.mean, self.std, self.flip, self.device = mean, std, flip, torch.device(device)
+        self.workers, self.seed, self.rank, self.world_size = workers, seed, rank, world_size
+        self.skipped = 0
+        self.labels = data.labels
+
+    def __len__(self) -> int:
+        n = math.ceil(len(self.data) / self.world_size)
+        return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
+
+    def epoch(self, epoch: int, start_batch: int = 0):
+        self.data.epoch = epoch
+        if self.train:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            idx = torch.randperm(len(self.data), generator=g)
+        else:
+            idx = torch.arange(len(self.data))
+        idx = idx[self.rank::self.world_size]
+        n = len(self) * self.batch_size if self.train else len(idx)
+        idx = idx[start_batch * self.batch_size:n].tolist()
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(self.data, idx), batch_size=self.batch_size, shuffle=False,
+            num_workers=self.workers, collate_fn=collate_skip, persistent_workers=False,
+            pin_memory=self.device.type == "cuda")
+        flip_g = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 7_919)
+        for x, y, skipped in loader:
+            self.skipped += skipped
+            if skipped:
+                warnings.warn(f"skipped {skipped} unreadable images ({self.skipped} so far)", stacklevel=1)
+            if len(y) == 0:
+                continue
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if self.train and self.flip:
+                f = (torch.rand(len(y), generator=flip_g) < 0.5).to(self.device)
+                x = torch.where(f.view(-1, 1, 1, 1), x.flip(3), x)
+            yield normalize(x, self.mean, self.std), y
+
+
+def folder_stats(data: ImageFolder, n: int = 512) -> tuple[list[float], list[float]]:
+    """Channel statistics estimated from up to n evenly spaced images (ImageNet's are
+    the well-known (0.485, 0.456, 0.406), (0.229, 0.224, 0.225) for RGB)."""
+    if data.in_chans == 3 and len(data) > 5000:
+        return [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    was_train, data.train = data.train, False
+    step = max(1, len(data) // n)
+    items = [data[i] for i in range(0, len(data), step)]
+    data.train = was_train
+    good = [x for x in (it for it in items if it is not None)]
+    if not good:
+        raise UserError("no readable images to compute statistics from")
+    return channel_stats(torch.stack([x for x, _ in good]))
+
+
+def env_rank() -> tuple[int, int]:
+    """(rank, world size) from the environment torchrun sets; (0, 1) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

@@ -1,0 +1,184 @@
+"""Dataset readers on files in the real formats, and the on-device batch augmentation."""
+
+import gzip
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import FASHION_MNIST
+from fakedata import (
+    idx_bytes,
+    pattern_images,
+    write_cifar_binary,
+    write_cifar_python,
+    write_image_folder,
+    write_mnist,
+)
+
+from resnetkit import data
+from resnetkit.errors import UserError
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_round_trip(tmp_path, gz):
+    folder = write_mnist(tmp_path, 64, 16, gz=gz)
+    x, y = pattern_images(64, 28, seed=0)
+    ds = data.load_arrays("mnist", folder, train=True)
+    assert ds.images.dtype == torch.uint8 and ds.images.shape == (64, 1, 28, 28)
+    assert ds.labels.dtype == torch.int64
+    assert np.array_equal(ds.images[:, 0].numpy(), x) and np.array_equal(ds.labels.numpy(), y)
+
+
+def test_idx_errors_name_the_file(tmp_path):
+    x, y = pattern_images(10, 28)
+    good = idx_bytes(x)
+    (tmp_path / "short").write_bytes(good[:-5])
+    with pytest.raises(UserError, match="truncated.*short"):
+        data.read_idx(tmp_path / "short")
+    (tmp_path / "magic").write_bytes(b"\x08\x03" + good[2:])
+    with pytest.raises(UserError, match="bad magic.*magic"):
+        data.read_idx(tmp_path / "magic")
+    (tmp_path / "bad.gz").write_bytes(b"\x1f\x8b" + b"garbage")
+    with pytest.raises(UserError, match="bad.gz"):
+        data.read_idx(tmp_path / "bad.gz")
+    # Label count differing from the image count.
+    folder = write_mnist(tmp_path / "m", 20, 8)
+    (folder / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(y[:7])))
+    with pytest.raises(UserError, match="label count 7 does not match image count 20.*train-labels"):
+        data.load_arrays("mnist", folder, train=True)
+
+
+def test_real_fashion_mnist():
+    if not FASHION_MNIST.exists():
+        pytest.skip("dataset-fashion-mnist not installed")
+    train = data.load_arrays("fashion-mnist", None, train=True)
+    test = data.load_arrays("fashion-mnist", None, train=False)
+    assert train.images.shape == (60_000, 1, 28, 28) and len(test) == 10_000
+    assert torch.bincount(train.labels).tolist() == [6000] * 10  # balanced, as published
+    assert train.classes[9] == "Ankle boot"
+    mean, std = data.channel_stats(train.images)
+    assert abs(mean[0] - 0.2860) < 1e-3 and abs(std[0] - 0.3530) < 1e-3  # well-known values
+
+
+def test_missing_fashion_mnist_says_how_to_install(tmp_path):
+    with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist.*--data-dir"):
+        data.load_arrays("fashion-mnist", tmp_path / "nope", train=True)
+
+
+@pytest.mark.parametrize("as_tar", [False, True])
+def test_cifar10_python_version(tmp_path, as_tar):
+    folder = write_cifar_python(tmp_path / "cifar-10-batches-py")
+    src = folder
+    if as_tar:
+        import tarfile
+
+        src = tmp_path / "cifar-10-python.tar.gz"
+        with tarfile.open(src, "w:gz") as t:
+            t.add(folder, arcname="cifar-10-batches-py")
+    train = data.load_arrays("cifar10", src, train=True)
+    test = data.load_arrays("cifar10", src, train=False)
+    assert train.images.shape == (100, 3, 32, 32) and len(test) == 20
+    assert train.classes == [f"class{i}" for i in range(10)]
+    first = pickle.loads((folder / "data_batch_1").read_bytes(), encoding="bytes")
+    assert np.array_equal(train.images[:20].reshape(20, -1).numpy(), first[b"data"])
+    assert train.labels[:20].tolist() == first[b"labels"]
+
+
+def test_cifar100_python_version(tmp_path):
+    folder = write_cifar_python(tmp_path / "cifar-100-python", num_classes=100)
+    train = data.load_arrays("cifar100", folder, train=True)
+    assert len(train) == 100 and len(train.classes) == 100 and int(train.labels.max()) < 100
+
+
+def test_cifar_binary_version(tmp_path):
+    folder, x, y = write_cifar_binary(tmp_path / "cifar-10-batches-bin")
+    train = data.load_arrays("cifar10", folder, train=True)
+    assert np.array_equal(train.images.numpy(), x) and np.array_equal(train.labels.numpy(), y)
+    (folder / "test_batch.bin").write_bytes(b"\x01" * 3000)
+    with pytest.raises(UserError, match="not a multiple of 3073.*test_batch.bin"):
+        data.load_arrays("cifar10", folder, train=False)
+
+
+class Exploit:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned > /tmp/resnetkit_pwned",))
+
+
+def test_crafted_cifar_pickle_cannot_run_code(tmp_path):
+    folder = write_cifar_python(tmp_path / "c")
+    (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": Exploit(), b"labels": [0]}, protocol=2))
+    with pytest.raises(UserError, match=r"data_batch_1.*posix.system is not allowed"):
+        data.load_arrays("cifar10", folder, train=True)
+    import os
+
+    assert not os.path.exists("/tmp/resnetkit_pwned")
+
+
+def test_tensor_loader_augments_whole_batches():
+    images = torch.arange(4 * 1 * 6 * 6, dtype=torch.uint8).view(4, 1, 6, 6)
+    ds = data.ArrayDataset(images, torch.arange(4), ["a", "b", "c", "d"])
+    loader = data.TensorLoader(ds, 4, train=True, mean=[0.0], std=[1 / 255], pad=2, flip=True, seed=3)
+    (x, y), = list(loader.epoch(0))
+    x = x.round().to(torch.uint8)
+    for img, label in zip(x, y):
+        src = images[label, 0]
+        padded = torch.nn.functional.pad(src, (2, 2, 2, 2))
+        # Each output is some 6x6 window of the zero-padded source, possibly mirrored.
+        windows = [padded[i:i + 6, j:j + 6] for i in range(5) for j in range(5)]
+        assert any(torch.equal(img[0], w) or torch.equal(img[0], w.flip(1)) for w in windows)
+    # Same seed and epoch: same batches; another epoch: another order.
+    again = list(loader.epoch(0))[0]
+    assert torch.equal(again[0].round().to(torch.uint8), x)
+    orders = {tuple(b[1].tolist()) for e in range(6) for b in loader.epoch(e)}
+    assert len(orders) > 1
+    # Resuming mid-epoch yields exactly the remaining batches.
+    loader2 = data.TensorLoader(ds, 1, train=True, mean=[0.0], std=[1.0], pad=2, flip=True, seed=3)
+    full = [b for b in loader2.epoch(2)]
+    tail = [b for b in loader2.epoch(2, start_batch=2)]
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full[2:], tail))
+
+
+def test_loader_shards_by_rank():
+    ds = data.ArrayDataset(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), torch.arange(10), list("abcdefghij"))
+    seen = []
+    for rank in (0, 1):
+        ld = data.TensorLoader(ds, 5, train=True, mean=[0.0], std=[1.0], seed=1, rank=rank, world_size=2)
+        seen += [y for _, ys in ld.epoch(0) for y in ys.tolist()]
+    assert sorted(seen) == list(range(10))  # disjoint shards that cover the set
+
+
+def test_image_folder_streams_and_skips_unreadable(tmp_path):
+    root = write_image_folder(tmp_path / "imgs", n_per_class=4)
+    (root / "train" / "cat" / "notes.txt").write_text("not an image")
+    (root / "train" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    ds = data.ImageFolder(root / "train", train=True, size=32)
+    assert ds.classes == ["cat", "dog", "fox"] and len(ds) == 14
+    loader = data.FolderLoader(ds, 7, train=True, mean=[0.5] * 3, std=[0.25] * 3, workers=0, flip=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batches = list(loader.epoch(0))
+    assert loader.skipped == 2
+    assert any("unreadable" in str(w.message) for w in caught)
+    assert all(x.shape[1:] == (3, 32, 32) for x, _ in batches)
+    assert sum(len(y) for _, y in batches) == 12  # two batches of 7 cover all 14; 2 skipped
+    # Evaluation: resize + center crop, deterministic, every readable image once.
+    val = data.ImageFolder(root / "val", train=False, size=32)
+    ev = data.FolderLoader(val, 4, train=False, mean=[0.5] * 3, std=[0.25] * 3, workers=2)
+    a = torch.cat([x for x, _ in ev.epoch(0)])
+    b = torch.cat([x for x, _ in ev.epoch(0)])
+    assert a.shape == (12, 3, 32, 32) and torch.equal(a, b)
+    # The class tint survives the pipeline: the channel mean is highest for the true class.
+    labels = torch.cat([y for _, y in ev.epoch(0)])
+    assert (a.mean((2, 3)).argmax(1) == labels).all()
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(UserError, match="image folder not found"):
+        data.ImageFolder(tmp_path / "missing", train=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no class sub-folders"):
+        data.ImageFolder(tmp_path / "empty", train=True)

@@ -1,0 +1,196 @@
+"""The trainer end to end: real Fashion-MNIST, resume, --init, config files, eval, bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from conftest import FASHION_MNIST, torchvision_ref  # noqa: F401
+from fakedata import idx_bytes, pattern_images, write_image_folder, write_mnist
+
+import resnetkit
+from resnetkit.config import make_config
+from resnetkit.errors import UserError
+from resnetkit.train import init_from, lr_factor, read_metrics, train
+
+
+def cli(*args, check=False):
+    return subprocess.run([sys.executable, "-m", "resnetkit.cli", *map(str, args)],
+                          capture_output=True, text=True, check=check)
+
+
+def small(tmp_path, **kw):
+    """A fast configuration on a small MNIST-format dataset written by the test."""
+    folder = tmp_path / "mnist"
+    if not folder.exists():
+        write_mnist(folder, 512, 128)
+    base = {"model": "resnet20", "data": "mnist", "data_dir": str(folder), "epochs": 2,
+            "batch_size": 64, "lr": 0.05, "precision": "fp32", "channels_last": False, "tta": False,
+            "log_every": 4, "out": str(tmp_path / "run")}
+    return make_config({**base, **kw})
+
+
+@pytest.mark.skipif(not FASHION_MNIST.exists(), reason="dataset-fashion-mnist not installed")
+def test_real_fashion_mnist_learns(tmp_path):
+    out = tmp_path / "fm"
+    run = cli("train", "--model", "resnet20", "--data", "fashion-mnist", "--max-steps", 300,
+              "--epochs", 1, "--batch-size", 128, "--lr", 0.1, "--schedule", "cosine",
+              "--log-every", 25, "--out", out, check=True)
+    assert "done: test accuracy" in run.stdout
+    rows = read_metrics(out / "metrics.jsonl")
+    steps = [r for r in rows if "train_loss" in r]
+    first, last = steps[0]["train_loss"], sum(r["train_loss"] for r in steps[-3:]) / 3
+    assert last < 0.6 * first  # the loss falls
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_accuracy"] > 0.75  # chance is 0.10
+    for name in ("config.yaml", "checkpoint.pt", "model.safetensors", "curves.png"):
+        assert (out / name).stat().st_size > 0
+    assert list(out.glob("events.out.tfevents.*"))
+    assert set(steps[0]) >= {"epoch", "step", "train_loss", "train_error", "lr", "images_per_sec"}
+    assert {"test_loss", "test_error"} <= set(rows[-1])
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["max_steps"] == 300 and cfg["precision"] == "bf16"  # flag + fast recipe
+
+    # The saved weights rebuild the model, and eval reproduces the final test accuracy.
+    model = resnetkit.load(out / "model.safetensors")
+    assert model.model_name == "resnet20" and model.conv1.in_channels == 1
+    ev = cli("eval", out / "model.safetensors", "--json", check=True)
+    result = json.loads(ev.stdout)
+    assert result["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-9)
+    assert len(result["per_class_accuracy"]) == 10 and result["top5"] > result["accuracy"]
+    assert (out / "confusion.png").stat().st_size > 0
+    text = cli("eval", out / "model.safetensors", check=True).stdout
+    assert "Ankle boot" in text and "top-5" in text
+
+
+def test_resume_continues_exactly(tmp_path):
+    # Uninterrupted: 2 epochs of 8 steps.
+    full = small(tmp_path, out=str(tmp_path / "full"))
+    train(full, tensorboard=False, verbose=False)
+    # Interrupted mid-epoch 2 at step 11, then resumed to the end.
+    part = small(tmp_path, out=str(tmp_path / "part"), max_steps=11)
+    train(part, tensorboard=False, verbose=False)
+    ckpt = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 11 and ckpt["epoch"] == 1
+    resumed = small(tmp_path, out=str(tmp_path / "part"), resume=True)
+    train(resumed, tensorboard=False, verbose=False)
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged from the uninterrupted one"
+    steps = [r["step"] for r in read_metrics(tmp_path / "part" / "metrics.jsonl") if "train_loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 16  # no duplicated or missing log rows
+
+
+def test_checkpoint_every_and_drop_path_resume(tmp_path):
+    cfg = small(tmp_path, checkpoint_every=3, max_steps=7, drop_path_rate=0.2)
+    train(cfg, tensorboard=False, verbose=False)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 7
+
+
+def test_init_from_torchvision_state_dict(tmp_path, torchvision_ref):  # noqa: F811
+    g = torch.Generator().manual_seed(0)
+    sd = {k: (torch.randn(s, generator=g) * 0.05 if not k.endswith("num_batches_tracked") else torch.tensor(0))
+          for k, s in torchvision_ref["resnet18"]["state_dict"].items()}
+    sd = {k: (v.abs() + 0.5 if k.endswith("running_var") else v) for k, v in sd.items()}
+    sd = {k: (v + 1 if k.endswith("bn1.weight") else v) for k, v in sd.items()}
+    path = tmp_path / "resnet18-torchvision.pth"
+    torch.save(sd, path)
+    model = resnetkit.create_model("resnet18", num_classes=10, in_chans=1)
+    fresh_fc = model.fc.weight.clone()
+    left = init_from(model, str(path))
+    assert left == ["fc.weight", "fc.bias"]  # 1000 -> 10 classes: classifier replaced
+    assert torch.equal(model.layer3[1].conv2.weight, sd["layer3.1.conv2.weight"])
+    assert torch.equal(model.conv1.weight, sd["conv1.weight"].sum(1, keepdim=True))  # RGB -> grey
+    assert torch.equal(model.fc.weight, fresh_fc)
+    # Through the command line, fine-tuning only the classifier.
+    out = tmp_path / "ft"
+    cli("train", "--model", "resnet18", "--data", "mnist", "--data-dir", write_mnist(tmp_path / "m", 128, 32),
+        "--init", path, "--freeze-backbone", "--max-steps", 3, "--batch-size", 32, "--out", out,
+        "--no-tensorboard", check=True)
+    trained = resnetkit.load(out / "model.safetensors")
+    assert torch.equal(trained.layer3[1].conv2.weight, sd["layer3.1.conv2.weight"])  # frozen
+    assert torch.equal(trained.layer1[0].bn1.running_mean, sd["layer1.0.bn1.running_mean"])
+    # A state dict for another architecture is refused with a clear message.
+    with pytest.raises(UserError, match="do not fit resnet20"):
+        init_from(resnetkit.create_model("resnet20"), str(path))
+
+
+def test_config_file_and_flag_precedence(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("lr: 0.3\nepochs: 4\nschedule: cosine\nlabel-smoothing: 0.05\n")
+    cfg = make_config({"epochs": 2}, f)
+    assert (cfg.lr, cfg.epochs, cfg.schedule, cfg.label_smoothing) == (0.3, 2, "cosine", 0.05)
+    assert cfg.precision == "bf16"  # from the fast recipe, which neither overrode
+    paper = make_config({"recipe": "paper-cifar", "model": "resnet110"})
+    assert (paper.max_steps, paper.milestones, paper.warmup, paper.batch_size) == (64000, [32000, 48000], 400, 128)
+    assert make_config({"recipe": "paper-cifar", "model": "resnet56"}).warmup == 0
+    (tmp_path / "bad.yaml").write_text("lr: 0.1\nlearning_rate: 3\n")
+    with pytest.raises(UserError, match="unknown setting.*learning_rate.*bad.yaml"):
+        make_config({}, tmp_path / "bad.yaml")
+
+
+def test_schedules():
+    cfg = make_config({"recipe": "paper-cifar"})
+    lrs = [cfg.lr * lr_factor(s, cfg, 64000) for s in (0, 31999, 32000, 47999, 48000, 63999)]
+    assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    cos = make_config({"schedule": "cosine", "warmup": 10})
+    assert lr_factor(0, cos, 110) == pytest.approx(0.1) and lr_factor(10, cos, 110) == pytest.approx(1)
+    assert lr_factor(60, cos, 110) == pytest.approx(0.5) and lr_factor(110, cos, 110) == pytest.approx(0)
+    one = make_config({"schedule": "onecycle"})
+    assert lr_factor(0, one, 100) == 0 and lr_factor(15, one, 100) == 1 and lr_factor(100, one, 100) == 0
+
+
+def test_folder_training_end_to_end(tmp_path):
+    root = write_image_folder(tmp_path / "imgs", n_per_class=6, size=40)
+    (root / "train" / "fox" / "readme.txt").write_text("not an image")
+    out = tmp_path / "folder-run"
+    run = cli("train", "--model", "resnet18", "--data", "folder", "--data-dir", root, "--image-size", 32,
+              "--max-steps", 2, "--batch-size", 8, "--workers", 1, "--out", out, "--no-tensorboard",
+              check=True)
+    assert "skipped 1 unreadable" in run.stderr
+    ev = json.loads(cli("eval", out / "model.safetensors", "--json", check=True).stdout)
+    assert ev["dataset"] == "folder" and 0 <= ev["accuracy"] <= 1 and ev["top5"] is None
+
+
+def test_bad_inputs_give_one_line_and_exit_2(tmp_path):
+    mnist = write_mnist(tmp_path / "m", 300, 8)
+    truncated = tmp_path / "t"
+    write_mnist(truncated, 32, 8, gz=False)
+    data = (truncated / "train-images-idx3-ubyte").read_bytes()
+    (truncated / "train-images-idx3-ubyte").write_bytes(data[:-100])
+    wrong = tmp_path / "w"
+    write_mnist(wrong, 32, 8, gz=False)
+    _, y = pattern_images(31, 28)
+    (wrong / "train-labels-idx1-ubyte").write_bytes(idx_bytes(y))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    base = ["--max-steps", 1, "--out", tmp_path / "o", "--no-tensorboard"]
+    cases = [
+        (["train", "--data", "mnist", "--data-dir", tmp_path / "nowhere", *base], "nowhere"),
+        (["train", "--data", "mnist", "--data-dir", truncated, *base], "train-images-idx3-ubyte"),
+        (["train", "--data", "mnist", "--data-dir", wrong, *base], "label count 31"),
+        (["eval", notes, "--data", "mnist", "--data-dir", mnist], "notes.txt"),
+        (["train", "--model", "resnet21", "--data", "mnist", "--data-dir", mnist, *base], "unknown model"),
+        (["train", "--lr", "-0.1", "--data", "mnist", "--data-dir", mnist, *base], "--lr must be positive"),
+        (["train", "--data", "folder", "--data-dir", tmp_path / "nofolder", *base], "nofolder"),
+        (["train", "--config", tmp_path / "missing.yaml", *base], "missing.yaml"),
+        (["train", "--recipe", "paper-mnist", *base], "unknown recipe"),
+    ]
+    for args, expected in cases:
+        run = cli(*args)
+        assert run.returncode == 2, (args, run.stderr)
+        assert run.stderr.count("\n") == 1, (args, run.stderr)
+        assert expected in run.stderr and "Traceback" not in run.stderr, (args, run.stderr)
+    # --debug shows the traceback for the same error.
+    run = cli("--debug", "train", "--data", "mnist", "--data-dir", tmp_path / "nowhere", *base)
+    assert "Traceback" in run.stderr
+
+
+def test_weights_file_metadata_round_trip(tmp_path):
+    cfg = small(tmp_path, max_steps=2, shortcut="B", version="2")
+    train(cfg, tensorboard=False, verbose=False)
+    m = resnetkit.load(tmp_path / "run" / "model.safetensors")
+    assert m.model_args == {"num_classes": 10, "in_chans": 1, "shortcut": "B", "version": "2"}
+    assert m.metadata["dataset"] == "mnist" and len(m.metadata["mean"]) == 1
