@@ -74,9 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list:
     """Commands living next to what they run, imported lazily so `summary` stays fast."""
-    from . import draw, evaluate, train
+    from . import draw, evaluate, experiments, train
 
-    return [train.add_cli, evaluate.add_cli, draw.add_cli]
+    return [train.add_cli, evaluate.add_cli, experiments.add_cli, draw.add_cli]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
+        args.argv = argv  # experiments record the exact command that made them
         args.func(args)
     except (UserError, UnknownModelError, FileNotFoundError, ValueError) as e:
         if debug:

@@ -30,6 +30,7 @@ class TrainConfig:
     pad: int = 2  # random-crop padding in pixels (in-memory datasets)
     flip: bool = True  # random horizontal flips
     train_subset: int = 0  # use only the first N training images (0: all)
+    test_subset: int = 0  # evaluate on the first N test images (0: all)
     # optimisation
     epochs: int = 10  # 0: train for max_steps
     max_steps: int = 0  # stop after this many steps (0: no limit)
@@ -77,7 +78,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         for name in ["epochs", "max_steps", "weight_decay", "momentum", "warmup", "pad",
-                     "label_smoothing", "train_subset", "checkpoint_every", "workers"]:
+                     "label_smoothing", "train_subset", "test_subset", "checkpoint_every", "workers"]:
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         if self.epochs == 0 and self.max_steps == 0:
@@ -96,7 +97,7 @@ RECIPES: dict[str, dict] = {
     # Tuned for Fashion-MNIST / MNIST on a 2-core CPU (benchmarks/fashion_mnist.py):
     # bf16 autocast and channels_last make oneDNN's fast kernels available.
     "fast": {
-        "epochs": 10, "batch_size": 256, "lr": 0.2, "nesterov": True, "weight_decay": 5e-4,
+        "epochs": 7, "batch_size": 256, "lr": 0.2, "nesterov": True, "weight_decay": 5e-4,
         "schedule": "onecycle", "label_smoothing": 0.1, "pad": 2, "flip": True,
         "precision": "bf16", "channels_last": True, "tta": True,
     },

@@ -82,6 +82,9 @@ def build_loaders(cfg: TrainConfig, device: torch.device, rank: int = 0, world: 
     if cfg.train_subset:
         train_set = dataclasses.replace(train_set, images=train_set.images[:cfg.train_subset],
                                         labels=train_set.labels[:cfg.train_subset])
+    if cfg.test_subset:
+        test_set = dataclasses.replace(test_set, images=test_set.images[:cfg.test_subset],
+                                       labels=test_set.labels[:cfg.test_subset])
     mean, std = channel_stats(train_set.images)
     train = TensorLoader(train_set, cfg.batch_size, train=True, mean=mean, std=std, device=device,
                          pad=cfg.pad, flip=cfg.flip, seed=cfg.seed, rank=rank, world_size=world)
@@ -427,6 +430,7 @@ def add_cli(sub) -> None:
     g.add_argument("--pad", type=int, default=S, help="random-crop padding (pixels)")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=S)
     g.add_argument("--train-subset", type=int, default=S)
+    g.add_argument("--test-subset", type=int, default=S)
     g.add_argument("--workers", type=int, default=S)
     g = p.add_argument_group("optimisation")
     g.add_argument("--recipe", default=S, help="fast (default), paper-cifar, paper-imagenet")
