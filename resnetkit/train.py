@@ -320,9 +320,10 @@ def train(cfg: TrainConfig, *, tensorboard: bool = True, verbose: bool = True) -
                 "model_args": {k: v for k, v in model.model_args.items()},
                 "config": dataclasses.asdict(cfg)}
 
-    def evaluate() -> EvalResult:
-        return evaluate_model(model, test_loader, len(classes), precision=cfg.precision, tta=cfg.tta,
-                              memory_format=memory_format)
+    def evaluate(final: bool) -> EvalResult:
+        # Test-time flips double the cost of an evaluation: only the final one uses them.
+        return evaluate_model(model, test_loader, len(classes), precision=cfg.precision,
+                              tta=cfg.tta and final, memory_format=memory_format)
 
     # The steps
     last: EvalResult | None = None
@@ -376,7 +377,7 @@ def train(cfg: TrainConfig, *, tensorboard: bool = True, verbose: bool = True) -
         progress.close()
 
         # End of epoch (or of a truncated run): test, log, checkpoint.
-        last = evaluate()
+        last = evaluate(final=step >= total_steps)
         row = {"epoch": step / steps_per_epoch, "step": step, "test_loss": last.loss,
                "test_error": last.error, "lr": scheduler.get_last_lr()[0], "train_time": train_time}
         if last.top5 is not None:
@@ -388,7 +389,7 @@ def train(cfg: TrainConfig, *, tensorboard: bool = True, verbose: bool = True) -
                   f"  test loss {last.loss:.4f}  train time {train_time:6.1f}s", flush=True)
 
     if last is None:  # resumed a finished run
-        last = evaluate()
+        last = evaluate(final=True)
     # The end
     rows = read_metrics(Path(cfg.out) / "metrics.jsonl") if rank == 0 else []
     step_rows = [r for r in rows if "train_error" in r]
@@ -467,7 +468,7 @@ def add_cli(sub) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     flags = {k: v for k, v in vars(args).items()
-             if k not in ("func", "command", "debug", "config_file", "no_tensorboard")}
+             if k not in ("func", "command", "debug", "config_file", "no_tensorboard", "argv")}
     cfg = make_config(flags, args.config_file)
     summary = train(cfg, tensorboard=not args.no_tensorboard)
     top5 = f", top-5 {100 * summary['test_top5']:.2f}%" if summary["test_top5"] is not None else ""
