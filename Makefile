@@ -31,8 +31,9 @@ demo: setup data
 	$(VENV)/bin/resnetkit train --model resnet20 --data fashion-mnist --out runs/demo
 	$(VENV)/bin/resnetkit eval runs/demo/model.safetensors --data fashion-mnist
 
+# Two pytest workers of one thread each: OpenMP threads beyond the core count spin and stall.
 test: setup data browser
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup
 
 test-slow: setup data browser
 	$(PY) -m pytest -q --runslow

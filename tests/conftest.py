@@ -5,8 +5,6 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
 # The project's reference files live beside the checkout in ../shared/reference (not copied here).
 ROOT = Path(__file__).resolve().parents[1]
 _CANDIDATES = [os.environ.get("RESNETKIT_REFERENCE", ""), ROOT.parent / "shared" / "reference",

@@ -1,0 +1,56 @@
+"""Time to accuracy: the default ("fast") recipe on Fashion-MNIST, test accuracy against training time.
+
+    .venv/bin/python benchmarks/time_to_accuracy.py --epochs 16 --out benchmarks/results/tta-r20-16ep
+
+Trains with `resnetkit.train.train` (the real trainer) and prints, per epoch, the test accuracy
+and the cumulative training time (evaluation excluded), then the first time each target was
+reached. Per-epoch evaluations use no test-time flips; the final one uses them when the
+recipe does (as `resnetkit train` reports). Writes the table to OUT/tta.json as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from resnetkit.checkpoint import atomic_write_text
+from resnetkit.config import make_config
+from resnetkit.train import read_metrics, train
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--epochs", type=int, default=16)
+    p.add_argument("--out", default="benchmarks/results/tta")
+    p.add_argument("--targets", type=float, nargs="+", default=[0.93, 0.94, 0.95])
+    args = p.parse_args()
+    cfg = make_config({"model": args.model, "data": "fashion-mnist", "epochs": args.epochs, "out": args.out})
+    summary = train(cfg, tensorboard=False)
+    epochs = [r for r in read_metrics(Path(args.out) / "metrics.jsonl") if "test_error" in r]
+    print(f"\n{args.model}, fast recipe, {args.epochs} epochs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'epoch':>5}  {'train time (s)':>14}  {'test acc %':>10}")
+    for r in epochs:
+        print(f"{r['epoch']:5.0f}  {r['train_time']:14.1f}  {100 * (1 - r['test_error']):10.2f}")
+    reached = {}
+    for t in args.targets:
+        hit = next((r for r in epochs if 1 - r["test_error"] >= t), None)
+        reached[f"{100 * t:.0f}%"] = hit["train_time"] if hit else None
+        print(f"time to {100 * t:.0f}%: " + (f"{hit['train_time']:.0f} s (epoch {hit['epoch']:.0f})" if hit
+                                              else "not reached"))
+    print(f"final (with the recipe's test-time flips): {100 * summary['test_accuracy']:.2f}% after "
+          f"{summary['train_time_sec']:.0f} s of training")
+    atomic_write_text(Path(args.out) / "tta.json", json.dumps(
+        {"model": args.model, "epochs": args.epochs, "curve": [
+            {"epoch": r["epoch"], "train_time": r["train_time"], "test_accuracy": 1 - r["test_error"]}
+            for r in epochs], "time_to": reached, "final_accuracy": summary["test_accuracy"],
+         "train_time_sec": summary["train_time_sec"], "images_per_sec": summary["images_per_sec"]},
+        indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
