@@ -74,9 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list:
     """Commands living next to what they run, imported lazily so `summary` stays fast."""
-    from . import draw, evaluate, experiments, train
+    from . import draw, evaluate, experiments, report, train
 
-    return [train.add_cli, evaluate.add_cli, experiments.add_cli, draw.add_cli]
+    return [train.add_cli, evaluate.add_cli, experiments.add_cli, draw.add_cli, report.add_cli]
 
 
 def main(argv: list[str] | None = None) -> int:
