@@ -34,8 +34,8 @@ def draw_curves(ax, rows: list[dict], color=None, label: str | None = None) -> N
         ax.plot([r["step"] for r in steps], [100 * r["train_error"] for r in steps], "--",
                 color=color, linewidth=1, alpha=0.8)
     if epochs:
-        ax.plot([r["step"] for r in epochs], [100 * r["test_error"] for r in epochs], "-",
-                color=color, linewidth=2.2, label=label)
+        ax.plot([r["step"] for r in epochs], [100 * r["test_error"] for r in epochs], "-", color=color,
+                linewidth=2.2, marker="o", markersize=3, label=label)  # a marker keeps one epoch visible
 
 
 def plot_curves(rows: list[dict], path: str | Path, title: str = "") -> None:

@@ -3,7 +3,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 # The project's reference files live beside the checkout in ../shared/reference (not copied here).
 ROOT = Path(__file__).resolve().parents[1]

@@ -298,3 +298,17 @@ def test_cli_unknown_model_is_one_line_exit_2():
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1 and "unknown model 'resnet51'" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_norm_layer_is_injectable():
+    m = resnetkit.create_model("resnet20", norm_layer=lambda c: torch.nn.GroupNorm(8, c))
+    norms = [x for x in m.modules() if isinstance(x, torch.nn.GroupNorm)]
+    assert len(norms) == 19 and not any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())
+    assert torch.isfinite(m(torch.randn(2, 3, 32, 32))).all()
+    assert all(float(n.weight.mean()) == 1.0 for n in norms)  # initialised like BN
+
+
+def test_cli_list_filters():
+    run = subprocess.run([sys.executable, "-m", "resnetkit.cli", "list", "plain*"],
+                         capture_output=True, text=True, check=True)
+    assert run.stdout.split() == sorted(PLAIN)
