@@ -120,6 +120,9 @@ def test_published_results_are_consistent(name):
         assert summary["test_error"] == r["final_test_error"]
     for line in result["conclusion"]:
         assert line in readme
-    numbers = re.findall(r"Wall time: ([\d.]+) min", readme)
-    assert numbers and float(numbers[0]) == pytest.approx(result["wall_time_sec"] / 60, abs=0.05)
+    total = re.findall(r"Training time, all runs: ([\d.]+) min", readme)
+    assert total and float(total[0]) == pytest.approx(result["train_time_total_sec"] / 60, abs=0.05)
+    assert result["train_time_total_sec"] == pytest.approx(sum(r["train_time_sec"] for r in result["runs"]))
+    wall = re.findall(r"Wall time of the command that wrote this file: ([\d.]+) min", readme)
+    assert wall and float(wall[0]) == pytest.approx(result["wall_time_sec"] / 60, abs=0.05)
     assert png_is_not_blank(RESULTS / name / "figure.png")
