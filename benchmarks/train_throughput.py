@@ -73,6 +73,26 @@ def reference_loop(model_name: str, steps: int, batch_size: int, workers: int) -
     return statistics.median(rates)
 
 
+def model_only(model_name: str, steps: int, batch_size: int, compile: bool = False) -> float:
+    """An upper bound for any data pipeline: the same training step on one fixed batch."""
+    model = resnetkit.create_model(model_name, num_classes=10, in_chans=1).to(memory_format=torch.channels_last)
+    x = torch.randn(batch_size, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch_size,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    forward = torch.compile(model) if compile else model
+    rates = []
+    for i in range(steps + 5):
+        t = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(forward(x).float(), y, label_smoothing=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= 5:  # warm-up (and compilation) excluded
+            rates.append(batch_size / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
 def ours(model_name: str, steps: int, batch_size: int, **overrides) -> float:
     with tempfile.TemporaryDirectory() as out:
         cfg = make_config({"model": model_name, "data": "fashion-mnist", "epochs": 1, "max_steps": steps + 10,
@@ -102,6 +122,10 @@ def main() -> None:
         ("resnetkit trainer, bf16, channels_last (default)", {"precision": "bf16", "channels_last": True}),
     ]:
         rows.append((label, ours(args.model, args.steps, args.batch_size, **kw)))
+    rows.append(("model step alone, fixed batch, no data (upper bound), bf16, channels_last",
+                 model_only(args.model, args.steps, args.batch_size)))
+    rows.append(("model step alone, fixed batch, no data, bf16, channels_last, torch.compile",
+                 model_only(args.model, args.steps, args.batch_size, compile=True)))
     width = max(len(label) for label, _ in rows)
     print(f"{'path':<{width}}  {'img/s':>8}  {'vs baseline':>11}")
     for label, rate in rows:

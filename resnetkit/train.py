@@ -317,7 +317,7 @@ def train(cfg: TrainConfig, *, tensorboard: bool = True, verbose: bool = True) -
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "step": step, "epoch": step // steps_per_epoch,
                 "train_time": train_time, "rng": rng_state(), "model_name": cfg.model,
-                "model_args": {k: v for k, v in model.model_args.items()},
+                "model_args": dict(model.model_args),
                 "config": dataclasses.asdict(cfg)}
 
     def evaluate(final: bool) -> EvalResult:
