@@ -69,9 +69,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         from . import resnet  # noqa: F401  (registers the builders)
-        from .registry import _MODELS, create_model
+        from .registry import create_model, list_models
 
-        if self.model not in _MODELS:
+        if self.model not in list_models():
             create_model(self.model)  # raises, naming the closest registered names
         positive = ["lr", "batch_size", "eval_batch_size", "log_every"]
         for name in positive:

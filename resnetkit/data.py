@@ -470,7 +470,7 @@ def folder_stats(data: ImageFolder, n: int = 512) -> tuple[list[float], list[flo
     step = max(1, len(data) // n)
     items = [data[i] for i in range(0, len(data), step)]
     data.train = was_train
-    good = [x for x in (it for it in items if it is not None)]
+    good = [it for it in items if it is not None]
     if not good:
         raise UserError("no readable images to compute statistics from")
     return channel_stats(torch.stack([x for x, _ in good]))
