@@ -56,6 +56,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _test_folder(root: Path) -> Path | None:
+    """The evaluation split of an image-folder dataset: ``val/`` or ``test/`` beside ``train/``."""
+    return next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+
+
 def build_loaders(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int = 1):
     """(train loader, test loader, classes, in_chans, normalisation stats)."""
     if cfg.data == "folder":
@@ -63,7 +68,7 @@ def build_loaders(cfg: TrainConfig, device: torch.device, rank: int = 0, world: 
             raise UserError("--data folder needs --data-dir (with train/ and val/ sub-folders)")
         root = Path(cfg.data_dir)
         train_root = root / "train" if (root / "train").is_dir() else root
-        test_root = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+        test_root = _test_folder(root)
         if test_root is None:
             raise UserError(f"no val/ or test/ folder beside train/ in {root}")
         train_set = ImageFolder(train_root, True, cfg.image_size, cfg.seed)
@@ -97,7 +102,7 @@ def build_eval_loader(data: str, data_dir: str | None, *, mean, std, device, bat
     """The test split alone, normalised with the training statistics (``resnetkit eval``)."""
     if data == "folder":
         root = Path(data_dir or "")
-        test_root = next((root / d for d in ("val", "test") if (root / d).is_dir()), root)
+        test_root = _test_folder(root) or root
         test_set = ImageFolder(test_root, False, image_size, in_chans=in_chans)
         if mean is None:
             mean, std = folder_stats(test_set)
