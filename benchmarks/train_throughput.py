@@ -120,6 +120,8 @@ def main() -> None:
         ("resnetkit trainer, fp32, NCHW", {"precision": "fp32", "channels_last": False}),
         ("resnetkit trainer, fp32, channels_last", {"precision": "fp32", "channels_last": True}),
         ("resnetkit trainer, bf16, channels_last (default)", {"precision": "bf16", "channels_last": True}),
+        ("resnetkit trainer, bf16, channels_last, --compile", {"precision": "bf16", "channels_last": True,
+                                                              "compile": True}),
     ]:
         rows.append((label, ours(args.model, args.steps, args.batch_size, **kw)))
     rows.append(("model step alone, fixed batch, no data (upper bound), bf16, channels_last",
