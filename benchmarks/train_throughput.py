@@ -73,9 +73,11 @@ def reference_loop(model_name: str, steps: int, batch_size: int, workers: int) -
     return statistics.median(rates)
 
 
-def model_only(model_name: str, steps: int, batch_size: int, compile: bool = False) -> float:
+def model_only(model: str | torch.nn.Module, steps: int, batch_size: int, compile: bool = False) -> float:
     """An upper bound for any data pipeline: the same training step on one fixed batch."""
-    model = resnetkit.create_model(model_name, num_classes=10, in_chans=1).to(memory_format=torch.channels_last)
+    if isinstance(model, str):
+        model = resnetkit.create_model(model, num_classes=10, in_chans=1)
+    model = model.to(memory_format=torch.channels_last)
     x = torch.randn(batch_size, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch_size,))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
