@@ -1,6 +1,7 @@
 """Time to accuracy: the default ("fast") recipe on Fashion-MNIST, test accuracy against training time.
 
     .venv/bin/python benchmarks/time_to_accuracy.py --epochs 16 --out benchmarks/results/tta-r20-16ep
+    .venv/bin/python benchmarks/time_to_accuracy.py --epochs 15 --set ema=0.998 --out ...
 
 Trains with `resnetkit.train.train` (the real trainer) and prints, per epoch, the test accuracy
 and the cumulative training time (evaluation excluded), then the first time each target was
@@ -15,6 +16,7 @@ import json
 from pathlib import Path
 
 import torch
+import yaml
 
 from resnetkit.checkpoint import atomic_write_text
 from resnetkit.config import make_config
@@ -27,11 +29,15 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--out", default="benchmarks/results/tta")
     p.add_argument("--targets", type=float, nargs="+", default=[0.93, 0.94, 0.95])
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="recipe overrides, as in the YAML config (e.g. ema=0.998 erase=0.5)")
     args = p.parse_args()
-    cfg = make_config({"model": args.model, "data": "fashion-mnist", "epochs": args.epochs, "out": args.out})
+    overrides = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    cfg = make_config({"model": args.model, "data": "fashion-mnist", "epochs": args.epochs, "out": args.out,
+                       **overrides})
     summary = train(cfg, tensorboard=False)
     epochs = [r for r in read_metrics(Path(args.out) / "metrics.jsonl") if "test_error" in r]
-    print(f"\n{args.model}, fast recipe, {args.epochs} epochs, torch {torch.__version__}, "
+    print(f"\n{args.model}, fast recipe {overrides or ''}, {args.epochs} epochs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(f"{'epoch':>5}  {'train time (s)':>14}  {'test acc %':>10}")
     for r in epochs:
@@ -45,7 +51,7 @@ def main() -> None:
     print(f"final (with the recipe's test-time flips): {100 * summary['test_accuracy']:.2f}% after "
           f"{summary['train_time_sec']:.0f} s of training")
     atomic_write_text(Path(args.out) / "tta.json", json.dumps(
-        {"model": args.model, "epochs": args.epochs, "curve": [
+        {"model": args.model, "epochs": args.epochs, "overrides": overrides, "curve": [
             {"epoch": r["epoch"], "train_time": r["train_time"], "test_accuracy": 1 - r["test_error"]}
             for r in epochs], "time_to": reached, "final_accuracy": summary["test_accuracy"],
          "train_time_sec": summary["train_time_sec"], "images_per_sec": summary["images_per_sec"]},

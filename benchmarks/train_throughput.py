@@ -1,6 +1,6 @@
 """Training throughput: resnetkit's trainer against a reference loop written the usual way.
 
-    .venv/bin/python benchmarks/train_throughput.py [--steps 40] [--model resnet20]
+    .venv/bin/python benchmarks/train_throughput.py [--steps 40] [--rounds 3] [--model resnet20]
 
 Reference: a torch Dataset that crops and flips one sample at a time in Python, a
 DataLoader (shuffle, workers), fp32, NCHW, eager. Ours: the real `resnetkit.train.train`
@@ -110,14 +110,13 @@ def main() -> None:
     p.add_argument("--model", default="resnet20")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=3, help="every row is measured once per round")
     args = p.parse_args()
     print(f"{args.model}, Fashion-MNIST 28x28, batch {args.batch_size}, {args.steps} timed steps, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    rows = []
-    for workers in (0, 2):
-        rows.append((f"reference: DataLoader per-sample transforms, {workers} workers, fp32, NCHW",
-                     reference_loop(args.model, args.steps, args.batch_size, workers)))
-    base = max(r for _, r in rows)  # the faster reference is the baseline
+          f"{args.rounds} rounds, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    m, n, b = args.model, args.steps, args.batch_size
+    rows = {f"reference: DataLoader per-sample transforms, {w} workers, fp32, NCHW":
+            (lambda w=w: reference_loop(m, n, b, w)) for w in (0, 2)}
     for label, kw in [
         ("resnetkit trainer, fp32, NCHW", {"precision": "fp32", "channels_last": False}),
         ("resnetkit trainer, fp32, channels_last", {"precision": "fp32", "channels_last": True}),
@@ -125,15 +124,27 @@ def main() -> None:
         ("resnetkit trainer, bf16, channels_last, --compile", {"precision": "bf16", "channels_last": True,
                                                               "compile": True}),
     ]:
-        rows.append((label, ours(args.model, args.steps, args.batch_size, **kw)))
-    rows.append(("model step alone, fixed batch, no data (upper bound), bf16, channels_last",
-                 model_only(args.model, args.steps, args.batch_size)))
-    rows.append(("model step alone, fixed batch, no data, bf16, channels_last, torch.compile",
-                 model_only(args.model, args.steps, args.batch_size, compile=True)))
-    width = max(len(label) for label, _ in rows)
-    print(f"{'path':<{width}}  {'img/s':>8}  {'vs baseline':>11}")
-    for label, rate in rows:
-        print(f"{label:<{width}}  {rate:8.0f}  {rate / base:10.2f}x")
+        rows[label] = lambda kw=kw: ours(m, n, b, **kw)
+    rows["model step alone, fixed batch, no data (upper bound), bf16, channels_last"] = lambda: model_only(m, n, b)
+    rows["model step alone, fixed batch, no data, bf16, channels_last, torch.compile"] = \
+        lambda: model_only(m, n, b, compile=True)
+    # The machine is shared and its speed drifts by 10-20% over minutes: every round measures
+    # every row, and a row's ratio is the median over rounds of (row / the faster reference of
+    # the same round), so a slow minute does not favour one side.
+    rates: dict[str, list[float]] = {label: [] for label in rows}
+    ratios: dict[str, list[float]] = {label: [] for label in rows}
+    for _ in range(args.rounds):
+        got = {label: fn() for label, fn in rows.items()}
+        base = max(r for label, r in got.items() if label.startswith("reference"))
+        for label, r in got.items():
+            rates[label].append(r)
+            ratios[label].append(r / base)
+    width = max(map(len, rows))
+    print(f"{'path':<{width}}  {'img/s (median)':>14}  {'vs baseline':>11}  {'per round':>s}")
+    for label in rows:
+        per_round = " ".join(f"{r:.2f}" for r in ratios[label])
+        print(f"{label:<{width}}  {statistics.median(rates[label]):14.0f}  "
+              f"{statistics.median(ratios[label]):10.2f}x  {per_round}")
 
 
 if __name__ == "__main__":

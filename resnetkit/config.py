@@ -29,11 +29,13 @@ class TrainConfig:
     image_size: int = 224  # image folders only: training crop / evaluation crop
     pad: int = 2  # random-crop padding in pixels (in-memory datasets)
     flip: bool = True  # random horizontal flips
+    erase: float = 0.0  # random-erasing probability per training image (0: off)
     train_subset: int = 0  # use only the first N training images (0: all)
     test_subset: int = 0  # evaluate on the first N test images (0: all)
     # optimisation
     epochs: int = 10  # 0: train for max_steps
     max_steps: int = 0  # stop after this many steps (0: no limit)
+    time_limit: float = 0.0  # stop after this many seconds of training, the schedule compressed to fit (0: none)
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9
@@ -43,6 +45,7 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=list)  # step schedule, in steps (default 50%, 75%)
     warmup: int = 0  # steps of linear warm-up from lr/10 (onecycle: from 0; default 15% of steps)
     label_smoothing: float = 0.0
+    ema: float = 0.0  # decay of an exponential moving average of the weights, per step (0: off)
     # runtime
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -77,14 +80,17 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ["epochs", "max_steps", "weight_decay", "momentum", "warmup", "pad",
+        for name in ["epochs", "max_steps", "time_limit", "weight_decay", "momentum", "warmup", "pad",
                      "label_smoothing", "train_subset", "test_subset", "checkpoint_every", "workers"]:
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         if self.epochs == 0 and self.max_steps == 0:
             raise UserError("set --epochs or --max-steps")
-        if not 0 <= self.label_smoothing < 1:
-            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        for name in ["label_smoothing", "ema"]:
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.erase <= 1:
+            raise UserError(f"--erase must be a probability in [0, 1], got {self.erase}")
         choices = {"schedule": ("step", "cosine", "onecycle"), "device": ("auto", "cpu", "cuda"),
                    "precision": ("fp32", "bf16"), "recipe": tuple(RECIPES)}
         for name, allowed in choices.items():

@@ -264,6 +264,30 @@ def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torc
     return (images.float().div_(255) - m) / s
 
 
+def erase_boxes(n: int, h: int, w: int, p: float, g: torch.Generator) -> torch.Tensor:
+    """Random erasing (Zhong et al., AAAI 2020) for n images of h x w: with probability p, a box
+    covering 2-40% of the image with aspect ratio 0.3-3.3. Rows of (top, left, height, width);
+    height 0 means no box. Drawn on the CPU from ``g`` so an epoch's boxes are reproducible."""
+    area = torch.empty(n).uniform_(0.02, 0.4, generator=g) * h * w
+    ratio = torch.empty(n).uniform_(math.log(0.3), -math.log(0.3), generator=g).exp()
+    bh = (area * ratio).sqrt().round().clamp(1, h).long()
+    bw = (area / ratio).sqrt().round().clamp(1, w).long()
+    top = (torch.rand(n, generator=g) * (h - bh + 1)).long()
+    left = (torch.rand(n, generator=g) * (w - bw + 1)).long()
+    bh = bh * (torch.rand(n, generator=g) < p)
+    return torch.stack([top, left, bh, bw], 1)
+
+
+def apply_erase(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Set each image's box to 0, which in normalised units is the dataset mean."""
+    boxes = boxes.to(x.device)
+    top, left, bh, bw = (boxes[:, i].view(-1, 1, 1, 1) for i in range(4))
+    rows = torch.arange(x.shape[2], device=x.device).view(1, 1, -1, 1)
+    cols = torch.arange(x.shape[3], device=x.device).view(1, 1, 1, -1)
+    inside = (rows >= top) & (rows < top + bh) & (cols >= left) & (cols < left + bw)
+    return x.masked_fill(inside, 0.0)
+
+
 class TensorLoader:
     """Batches from a dataset held as one tensor on the training device.
 
@@ -275,13 +299,13 @@ class TensorLoader:
 
     def __init__(
         self, data: ArrayDataset, batch_size: int, *, train: bool, mean: list[float], std: list[float],
-        device: torch.device | str = "cpu", pad: int = 0, flip: bool = False, seed: int = 0,
-        rank: int = 0, world_size: int = 1, drop_last: bool | None = None,
+        device: torch.device | str = "cpu", pad: int = 0, flip: bool = False, erase: float = 0.0,
+        seed: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool | None = None,
     ) -> None:
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.batch_size, self.train = batch_size, train
-        self.mean, self.std, self.pad, self.flip = mean, std, pad, flip
+        self.mean, self.std, self.pad, self.flip, self.erase = mean, std, pad, flip, erase
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.drop_last = train if drop_last is None else drop_last
         self.device = torch.device(device)
@@ -309,6 +333,8 @@ class TensorLoader:
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 7_919)
             shifts = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=g)
             flips = torch.rand(n, generator=g) < 0.5
+            if self.erase:
+                boxes = erase_boxes(n, *self.images.shape[2:], self.erase, g)
         for b in range(start_batch, len(self)):
             sel = idx[b * self.batch_size:(b + 1) * self.batch_size]
             if self.train and self.padded is not None:
@@ -318,7 +344,10 @@ class TensorLoader:
             if self.train and self.flip:
                 f = flips[b * self.batch_size:(b + 1) * self.batch_size].to(self.device)
                 x = torch.where(f.view(-1, 1, 1, 1), x.flip(3), x)
-            yield normalize(x, self.mean, self.std), self.labels[sel.to(self.device)]
+            x = normalize(x, self.mean, self.std)
+            if self.train and self.erase:
+                x = apply_erase(x, boxes[b * self.batch_size:(b + 1) * self.batch_size])
+            yield x, self.labels[sel.to(self.device)]
 
     def _crop(self, sel: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
         """Random crops for a whole batch by one gather: rows dy..dy+H, cols dx..dx+W."""
@@ -422,9 +451,11 @@ class FolderLoader:
 
     def __init__(self, data: ImageFolder, batch_size: int, *, train: bool, mean: list[float],
                  std: list[float], device: torch.device | str = "cpu", flip: bool = False,
-                 workers: int = 2, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+                 erase: float = 0.0, workers: int = 2, seed: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
         self.data, self.batch_size, self.train = data, batch_size, train
-        self.mean, self.std, self.flip, self.device = mean, std, flip, torch.device(device)
+        self.mean, self.std, self.flip, self.erase = mean, std, flip, erase
+        self.device = torch.device(device)
         self.workers, self.seed, self.rank, self.world_size = workers, seed, rank, world_size
         self.skipped = 0
         self.labels = data.labels
@@ -458,7 +489,10 @@ class FolderLoader:
             if self.train and self.flip:
                 f = (torch.rand(len(y), generator=flip_g) < 0.5).to(self.device)
                 x = torch.where(f.view(-1, 1, 1, 1), x.flip(3), x)
-            yield normalize(x, self.mean, self.std), y
+            x = normalize(x, self.mean, self.std)
+            if self.train and self.erase:
+                x = apply_erase(x, erase_boxes(len(y), *x.shape[2:], self.erase, flip_g))
+            yield x, y
 
 
 def folder_stats(data: ImageFolder, n: int = 512) -> tuple[list[float], list[float]]:

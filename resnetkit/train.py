@@ -13,6 +13,7 @@ nothing on ranks other than 0, so the same code can run under torchrun.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -78,7 +79,8 @@ def build_loaders(cfg: TrainConfig, device: torch.device, rank: int = 0, world: 
         mean, std = folder_stats(train_set)
         common = {"mean": mean, "std": std, "device": device, "flip": cfg.flip, "workers": cfg.workers,
                   "seed": cfg.seed}
-        train = FolderLoader(train_set, cfg.batch_size, train=True, rank=rank, world_size=world, **common)
+        train = FolderLoader(train_set, cfg.batch_size, train=True, erase=cfg.erase, rank=rank, world_size=world,
+                             **common)
         test = FolderLoader(test_set, cfg.eval_batch_size, train=False, **common)
         return train, test, train_set.classes, 3, (mean, std)
 
@@ -92,7 +94,7 @@ def build_loaders(cfg: TrainConfig, device: torch.device, rank: int = 0, world: 
                                        labels=test_set.labels[:cfg.test_subset])
     mean, std = channel_stats(train_set.images)
     train = TensorLoader(train_set, cfg.batch_size, train=True, mean=mean, std=std, device=device,
-                         pad=cfg.pad, flip=cfg.flip, seed=cfg.seed, rank=rank, world_size=world)
+                         pad=cfg.pad, flip=cfg.flip, erase=cfg.erase, seed=cfg.seed, rank=rank, world_size=world)
     test = TensorLoader(test_set, cfg.eval_batch_size, train=False, mean=mean, std=std, device=device)
     return train, test, train_set.classes, train_set.images.shape[1], (mean, std)
 
@@ -151,6 +153,19 @@ def lr_factor(step: int, cfg: TrainConfig, total: int) -> float:
         return 0.1 ** sum(step >= m for m in milestones)
     t = (step - cfg.warmup) / max(1, total - cfg.warmup)  # cosine
     return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """ema <- decay * ema + (1 - decay) * model, over weights and BN statistics alike. The decay
+    ramps up as (1 + step) / (10 + step) so early averages do not drag in the random init."""
+    d = min(decay, (1 + step) / (10 + step))
+    pairs = list(zip(ema.state_dict().values(), model.state_dict().values()))
+    floats = [(e, m) for e, m in pairs if e.is_floating_point()]
+    torch._foreach_lerp_([e for e, _ in floats], [m for _, m in floats], 1 - d)
+    for e, m in pairs:
+        if not e.is_floating_point():
+            e.copy_(m)  # BN's num_batches_tracked
 
 
 def rng_state() -> dict:
@@ -285,12 +300,23 @@ def train(cfg: TrainConfig, *, tensorboard: bool = True, verbose: bool = True) -
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
     forward = torch.compile(model) if cfg.compile else model
+    # With --ema, a moving average of the weights is what gets evaluated and saved.
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema else None
+    final_model = ema if ema is not None else model
 
     # Optimiser and schedule
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                 weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, horizon))
+    # With --time-limit the schedule runs on whichever is further along, steps or the clock,
+    # so the learning rate still anneals to its end when the time runs out first.
+    elapsed = 0.0  # training seconds so far, updated every step when there is a time limit
+
+    def schedule(s: int) -> float:
+        clock = horizon * elapsed / cfg.time_limit if cfg.time_limit else 0.0
+        return lr_factor(max(s, clock), cfg, horizon)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     # Output folder, and resume
@@ -304,12 +330,18 @@ def train(cfg: TrainConfig, *, tensorboard: bool = True, verbose: bool = True) -
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            if "ema" not in state:
+                raise UserError(f"{ckpt_path} was saved without --ema; resume without it or start afresh")
+            ema.load_state_dict(state["ema"])
         step, train_time = state["step"], state["train_time"]
         set_rng_state(state["rng"])
         if verbose:
             print(f"resuming from step {step} of {total_steps} ({ckpt_path})", flush=True)
     elif cfg.resume and verbose:
         print(f"no checkpoint at {ckpt_path}: starting afresh", flush=True)
+    if cfg.time_limit and train_time >= cfg.time_limit:
+        total_steps = step  # resumed a run that had used up its time
     run.truncate_log(step)  # a fresh run starts an empty log
     run.write_config(cfg)
     if verbose:
@@ -323,11 +355,11 @@ def train(cfg: TrainConfig, *, tensorboard: bool = True, verbose: bool = True) -
                 "scheduler": scheduler.state_dict(), "step": step, "epoch": step // steps_per_epoch,
                 "train_time": train_time, "rng": rng_state(), "model_name": cfg.model,
                 "model_args": dict(model.model_args),
-                "config": dataclasses.asdict(cfg)}
+                "config": dataclasses.asdict(cfg), **({"ema": ema.state_dict()} if ema is not None else {})}
 
     def evaluate(final: bool) -> EvalResult:
         # Test-time flips double the cost of an evaluation: only the final one uses them.
-        return evaluate_model(model, test_loader, len(classes), precision=cfg.precision,
+        return evaluate_model(final_model, test_loader, len(classes), precision=cfg.precision,
                               tta=cfg.tta and final, memory_format=memory_format)
 
     # The steps
@@ -352,8 +384,14 @@ def train(cfg: TrainConfig, *, tensorboard: bool = True, verbose: bool = True) -
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if cfg.time_limit:
+                elapsed = train_time + time.perf_counter() - t_log
             scheduler.step()
+            if ema is not None:
+                update_ema(ema, model, cfg.ema, step)
             step += 1
+            if cfg.time_limit and elapsed >= cfg.time_limit:
+                total_steps = step  # out of time: this step was the last
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
@@ -411,7 +449,7 @@ def train(cfg: TrainConfig, *, tensorboard: bool = True, verbose: bool = True) -
     meta = {"dataset": cfg.data, "data_dir": cfg.data_dir, "classes": classes, "mean": mean, "std": std,
             "training": {"precision": cfg.precision, "tta": cfg.tta, "image_size": cfg.image_size,
                          "test_accuracy": last.accuracy}}
-    run.finish(model, meta, summary, rows)
+    run.finish(final_model, meta, summary, rows)
     return summary
 
 
@@ -435,6 +473,7 @@ def add_cli(sub) -> None:
     g.add_argument("--image-size", type=int, default=S)
     g.add_argument("--pad", type=int, default=S, help="random-crop padding (pixels)")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=S)
+    g.add_argument("--erase", type=float, default=S, help="random-erasing probability per image")
     g.add_argument("--train-subset", type=int, default=S)
     g.add_argument("--test-subset", type=int, default=S)
     g.add_argument("--workers", type=int, default=S)
@@ -442,6 +481,8 @@ def add_cli(sub) -> None:
     g.add_argument("--recipe", default=S, help="fast (default), paper-cifar, paper-imagenet")
     g.add_argument("--epochs", type=int, default=S)
     g.add_argument("--max-steps", type=int, default=S)
+    g.add_argument("--time-limit", type=float, default=S,
+                   help="seconds of training; the schedule is compressed to end on time")
     g.add_argument("--batch-size", type=int, default=S)
     g.add_argument("--lr", type=float, default=S)
     g.add_argument("--momentum", type=float, default=S)
@@ -451,6 +492,7 @@ def add_cli(sub) -> None:
     g.add_argument("--milestones", type=int, nargs="+", default=S, help="step schedule: steps")
     g.add_argument("--warmup", type=int, default=S, help="warm-up steps")
     g.add_argument("--label-smoothing", type=float, default=S)
+    g.add_argument("--ema", type=float, default=S, help="weight-average decay per step, e.g. 0.999")
     g = p.add_argument_group("runtime")
     g.add_argument("--seed", type=int, default=S)
     g.add_argument("--device", default=S, help="auto, cpu, cuda")

@@ -142,6 +142,44 @@ def test_tensor_loader_augments_whole_batches():
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full[2:], tail))
 
 
+def test_random_erasing_boxes_follow_the_paper_ranges():
+    g = torch.Generator().manual_seed(0)
+    boxes = data.erase_boxes(20_000, 28, 28, 0.5, g)
+    top, left, bh, bw = boxes.T
+    on = bh > 0
+    assert 0.48 < on.float().mean() < 0.52  # erased with probability p
+    area = (bh * bw)[on].float() / (28 * 28)
+    # Zhong et al.: 2-40% of the image (rounding to whole pixels moves the edges a little).
+    assert area.min() >= 0.01 and area.max() <= 0.45 and 0.15 < area.mean() < 0.25
+    assert (top >= 0).all() and (left >= 0).all()
+    assert (top + bh <= 28).all() and (left + bw <= 28).all()  # boxes lie inside the image
+    assert not data.erase_boxes(100, 28, 28, 0.0, g)[:, 2].any()
+
+
+def test_apply_erase_zeroes_exactly_the_box():
+    x = torch.randn(3, 2, 8, 8) + 10  # nothing is 0 before erasing
+    boxes = torch.tensor([[1, 2, 3, 4], [0, 0, 0, 5], [5, 6, 3, 2]])  # the second: no box
+    out = data.apply_erase(x, boxes)
+    for i, (top, left, h, w) in enumerate(boxes.tolist()):
+        expected = x[i].clone()
+        expected[:, top:top + h, left:left + w] = 0
+        assert torch.equal(out[i], expected)
+
+
+def test_tensor_loader_erases_reproducibly():
+    images = torch.full((64, 1, 10, 10), 200, dtype=torch.uint8)
+    ds = data.ArrayDataset(images, torch.zeros(64, dtype=torch.long), ["a"])
+    loader = data.TensorLoader(ds, 16, train=True, mean=[0.0], std=[1.0], erase=1.0, seed=5)
+    full = list(loader.epoch(1))
+    erased = torch.cat([x for x, _ in full]) == 0
+    assert erased.flatten(1).any(1).all()  # p = 1: every image has a box
+    assert not erased.flatten(1).all(1).any()  # and no box covers a whole image
+    tail = list(loader.epoch(1, start_batch=2))  # a resumed epoch sees the same boxes
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(full[2:], tail))
+    test = data.TensorLoader(ds, 16, train=False, mean=[0.0], std=[1.0], erase=1.0)
+    assert all((x != 0).all() for x, _ in test.epoch(0))  # never at evaluation
+
+
 def test_loader_shards_by_rank():
     ds = data.ArrayDataset(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), torch.arange(10), list("abcdefghij"))
     seen = []

@@ -13,7 +13,7 @@ from fakedata import idx_bytes, pattern_images, write_image_folder, write_mnist
 import resnetkit
 from resnetkit.config import make_config
 from resnetkit.errors import UserError
-from resnetkit.train import init_from, lr_factor, read_metrics, train
+from resnetkit.train import init_from, lr_factor, read_metrics, train, update_ema
 
 
 def cli(*args, check=False):
@@ -81,6 +81,53 @@ def test_resume_continues_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged from the uninterrupted one"
     steps = [r["step"] for r in read_metrics(tmp_path / "part" / "metrics.jsonl") if "train_loss" in r]
     assert steps == sorted(set(steps)) and steps[-1] == 16  # no duplicated or missing log rows
+
+
+def test_update_ema_is_the_moving_average():
+    model, ema = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+        ema.weight.fill_(1.0)
+        model.running_mean.fill_(4.0)
+        model.num_batches_tracked.fill_(7)
+    update_ema(ema, model, 0.99, step=10_000)
+    assert torch.allclose(ema.weight, torch.full((3,), 0.99 * 1 + 0.01 * 2))
+    assert torch.allclose(ema.running_mean, torch.full((3,), 0.01 * 4))  # BN statistics too
+    assert ema.num_batches_tracked.item() == 7
+    update_ema(ema, model, 0.99, step=0)  # early on the decay ramps up from 1/10
+    assert torch.allclose(ema.weight, 0.1 * torch.full((3,), 1.0 * 0.99 + 0.02) + 0.9 * 2)
+
+
+def test_ema_weights_are_saved_and_resume_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    full = small(tmp_path, out=str(tmp_path / "full"), ema=0.9, erase=0.5)
+    train(full, tensorboard=False, verbose=False)
+    part = small(tmp_path, out=str(tmp_path / "part"), ema=0.9, erase=0.5, max_steps=11)
+    train(part, tensorboard=False, verbose=False)
+    train(small(tmp_path, out=str(tmp_path / "part"), ema=0.9, erase=0.5, resume=True),
+          tensorboard=False, verbose=False)
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"]), "resumed EMA diverged"
+    saved = load_file(tmp_path / "full" / "model.safetensors")
+    # What is saved (and evaluated) is the average, not the last weights.
+    assert all(torch.equal(saved[k], a["ema"][k]) for k in saved)
+    assert not torch.equal(saved["conv1.weight"], a["model"]["conv1.weight"])
+    train(small(tmp_path, out=str(tmp_path / "plain"), max_steps=2), tensorboard=False, verbose=False)
+    with pytest.raises(UserError, match="without --ema"):
+        train(small(tmp_path, out=str(tmp_path / "plain"), ema=0.9, resume=True), tensorboard=False, verbose=False)
+
+
+def test_time_limit_stops_on_time_with_the_schedule_finished(tmp_path):
+    cfg = small(tmp_path, epochs=50, time_limit=3, log_every=1)  # 400 steps would take far longer
+    summary = train(cfg, tensorboard=False, verbose=False)
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    steps = [r for r in rows if "train_loss" in r]
+    assert summary["train_time_sec"] >= 3 and summary["steps"] < 400
+    assert steps[-1]["step"] == summary["steps"]
+    assert steps[-1]["lr"] == 0.0  # one-cycle annealed to its end, compressed into the time
+    assert max(r["lr"] for r in steps) == pytest.approx(cfg.lr, rel=0.2)  # and it did reach its peak
 
 
 def test_checkpoint_every_and_drop_path_resume(tmp_path):
@@ -177,6 +224,8 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path):
         (["train", "--data", "folder", "--data-dir", tmp_path / "nofolder", *base], "nofolder"),
         (["train", "--config", tmp_path / "missing.yaml", *base], "missing.yaml"),
         (["train", "--recipe", "paper-mnist", *base], "unknown recipe"),
+        (["train", "--ema", "1.5", *base], "--ema must be in [0, 1)"),
+        (["train", "--erase", "2", *base], "--erase must be a probability"),
     ]
     for args, expected in cases:
         run = cli(*args)
