@@ -41,7 +41,7 @@ def main() -> None:
           f"{torch.get_num_threads()} threads")
     print(f"{'epoch':>5}  {'train time (s)':>14}  {'test acc %':>10}")
     for r in epochs:
-        print(f"{r['epoch']:5.0f}  {r['train_time']:14.1f}  {100 * (1 - r['test_error']):10.2f}")
+        print(f"{r['epoch']:5.1f}  {r['train_time']:14.1f}  {100 * (1 - r['test_error']):10.2f}")
     reached = {}
     for t in args.targets:
         hit = next((r for r in epochs if 1 - r["test_error"] >= t), None)

@@ -351,11 +351,13 @@ def train(cfg: TrainConfig, *, tensorboard: bool = True, verbose: bool = True) -
               flush=True)
 
     def state_dict() -> dict:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "step": step, "epoch": step // steps_per_epoch,
-                "train_time": train_time, "rng": rng_state(), "model_name": cfg.model,
-                "model_args": dict(model.model_args),
-                "config": dataclasses.asdict(cfg), **({"ema": ema.state_dict()} if ema is not None else {})}
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "step": step, "epoch": step // steps_per_epoch,
+                 "train_time": train_time, "rng": rng_state(), "model_name": cfg.model,
+                 "model_args": dict(model.model_args), "config": dataclasses.asdict(cfg)}
+        if ema is not None:
+            state["ema"] = ema.state_dict()
+        return state
 
     def evaluate(final: bool) -> EvalResult:
         # Test-time flips double the cost of an evaluation: only the final one uses them.

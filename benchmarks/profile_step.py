@@ -1,0 +1,58 @@
+"""Where a ResNet-20 training step spends its time, per operator and input shape.
+
+    .venv/bin/python benchmarks/profile_step.py [--batch-size 256] [--rows 20]
+
+The fixed-batch step of train_throughput.py (bf16 autocast, channels_last), 10 steps under
+torch.profiler after a warm-up, then the same operators summed per stage, by the spatial size of
+their first input (28x28: stage 1, 14x14: stage 2, 7x7: stage 3).
+"""
+
+import argparse
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+import resnetkit
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--rows", type=int, default=20)
+    args = p.parse_args()
+    model = resnetkit.create_model("resnet20", num_classes=10, in_chans=1).to(memory_format=torch.channels_last)
+    x = torch.randn(args.batch_size, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (args.batch_size,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(5):
+        step()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(10):
+            step()
+    events = prof.key_averages(group_by_input_shape=True)
+    print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=36,
+                       max_shapes_column_width=60))
+    per_stage: dict[str, float] = defaultdict(float)
+    for e in events:
+        shape = e.input_shapes[0] if e.input_shapes else []
+        if e.key.startswith("aten::") and len(shape) == 4 and shape[0] == args.batch_size:
+            per_stage[f"{shape[2]}x{shape[3]}"] += e.self_cpu_time_total / 10 / 1e3
+    total = sum(e.self_cpu_time_total for e in events) / 10 / 1e3
+    print(f"self CPU time per step: {total:.0f} ms (the profiler itself slows the step)")
+    for size, ms in sorted(per_stage.items(), key=lambda kv: -kv[1]):
+        if ms >= 1:
+            print(f"  4-d operators on {size:>5} inputs: {ms:6.0f} ms ({100 * ms / total:.0f}%)")
+
+
+if __name__ == "__main__":
+    main()
