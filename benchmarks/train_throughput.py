@@ -140,7 +140,7 @@ def main() -> None:
             rates[label].append(r)
             ratios[label].append(r / base)
     width = max(map(len, rows))
-    print(f"{'path':<{width}}  {'img/s (median)':>14}  {'vs baseline':>11}  {'per round':>s}")
+    print(f"{'path':<{width}}  {'img/s (median)':>14}  {'vs baseline':>11}  per round")
     for label in rows:
         per_round = " ".join(f"{r:.2f}" for r in ratios[label])
         print(f"{label:<{width}}  {statistics.median(rates[label]):14.0f}  "

@@ -180,6 +180,18 @@ def test_tensor_loader_erases_reproducibly():
     assert all((x != 0).all() for x, _ in test.epoch(0))  # never at evaluation
 
 
+def test_folder_loader_erases_training_batches_only(tmp_path):
+    root = write_image_folder(tmp_path / "imgs", n_per_class=2)
+    common = {"mean": [0.5] * 3, "std": [0.25] * 3, "workers": 0, "erase": 1.0}
+    train = data.FolderLoader(data.ImageFolder(root / "train", train=True, size=32), 6, train=True, **common)
+    x = torch.cat([x for x, _ in train.epoch(0)])
+    # Pixels here are never exactly 0.5 (0 once normalised): zeros are the erased boxes, in all channels.
+    erased = (x == 0).all(1)
+    assert erased.flatten(1).any(1).all() and not erased.flatten(1).all(1).any()
+    val = data.FolderLoader(data.ImageFolder(root / "val", train=False, size=32), 6, train=False, **common)
+    assert all((x != 0).all() for x, _ in val.epoch(0))
+
+
 def test_loader_shards_by_rank():
     ds = data.ArrayDataset(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), torch.arange(10), list("abcdefghij"))
     seen = []
