@@ -37,7 +37,8 @@ def main() -> None:
                        **overrides})
     summary = train(cfg, tensorboard=False)
     epochs = [r for r in read_metrics(Path(args.out) / "metrics.jsonl") if "test_error" in r]
-    print(f"\n{args.model}, fast recipe {overrides or ''}, {args.epochs} epochs, torch {torch.__version__}, "
+    recipe = f"fast recipe with {overrides}" if overrides else "fast recipe"
+    print(f"\n{args.model}, {recipe}, {args.epochs} epochs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(f"{'epoch':>5}  {'train time (s)':>14}  {'test acc %':>10}")
     for r in epochs:
