@@ -1,20 +1,21 @@
-"""Where a ResNet-20 training step spends its time, per operator and input shape.
+"""Where a ResNet-20 training step spends its time, per operator and per stage.
 
     .venv/bin/python benchmarks/profile_step.py [--batch-size 256] [--rows 20]
 
 The fixed-batch step of train_throughput.py (bf16 autocast, channels_last), 10 steps under
-torch.profiler after a warm-up, then the same operators summed per stage, by the spatial size of
-their first input (28x28: stage 1, 14x14: stage 2, 7x7: stage 3).
+torch.profiler after a warm-up. Then the same operators summed per stage, by the spatial size of
+their first input (28x28: stem and stage 1, 14x14: stage 2, 7x7: stage 3), beside the
+multiply-adds of the layers whose output has that size (from ``resnetkit.summary``).
 """
 
 import argparse
 from collections import defaultdict
 
-import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
+from train_throughput import fixed_batch_step
 
 import resnetkit
+from resnetkit.summary import summary
 
 
 def main() -> None:
@@ -22,18 +23,12 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--rows", type=int, default=20)
     args = p.parse_args()
-    model = resnetkit.create_model("resnet20", num_classes=10, in_chans=1).to(memory_format=torch.channels_last)
-    x = torch.randn(args.batch_size, 1, 28, 28).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (args.batch_size,))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    model = resnetkit.create_model("resnet20", num_classes=10, in_chans=1)
+    macs: dict[str, int] = defaultdict(int)
+    for row in summary(model, (1, 1, 28, 28)).rows:
+        if len(row.output_shape) == 4:
+            macs[f"{row.output_shape[2]}x{row.output_shape[3]}"] += row.macs
+    step = fixed_batch_step(model, args.batch_size)
     for _ in range(5):
         step()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -51,7 +46,8 @@ def main() -> None:
     print(f"self CPU time per step: {total:.0f} ms (the profiler itself slows the step)")
     for size, ms in sorted(per_stage.items(), key=lambda kv: -kv[1]):
         if ms >= 1:
-            print(f"  4-d operators on {size:>5} inputs: {ms:6.0f} ms ({100 * ms / total:.0f}%)")
+            print(f"  4-d operators on {size:>5} inputs: {ms:6.0f} ms ({100 * ms / total:2.0f}%); "
+                  f"layers with {size} outputs: {macs[size] / 1e6:5.1f}M multiply-adds per image")
 
 
 if __name__ == "__main__":

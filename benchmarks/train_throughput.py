@@ -73,8 +73,8 @@ def reference_loop(model_name: str, steps: int, batch_size: int, workers: int) -
     return statistics.median(rates)
 
 
-def model_only(model: str | torch.nn.Module, steps: int, batch_size: int, compile: bool = False) -> float:
-    """An upper bound for any data pipeline: the same training step on one fixed batch."""
+def fixed_batch_step(model: str | torch.nn.Module, batch_size: int, compile: bool = False):
+    """One training step (bf16 autocast, channels_last, SGD) on one fixed random batch, as a function."""
     if isinstance(model, str):
         model = resnetkit.create_model(model, num_classes=10, in_chans=1)
     model = model.to(memory_format=torch.channels_last)
@@ -82,14 +82,24 @@ def model_only(model: str | torch.nn.Module, steps: int, batch_size: int, compil
     y = torch.randint(0, 10, (batch_size,))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
     forward = torch.compile(model) if compile else model
-    rates = []
-    for i in range(steps + 5):
-        t = time.perf_counter()
+
+    def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = F.cross_entropy(forward(x).float(), y, label_smoothing=0.1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+    return step
+
+
+def model_only(model: str | torch.nn.Module, steps: int, batch_size: int, compile: bool = False) -> float:
+    """An upper bound for any data pipeline: the same training step on one fixed batch."""
+    step = fixed_batch_step(model, batch_size, compile)
+    rates = []
+    for i in range(steps + 5):
+        t = time.perf_counter()
+        step()
         if i >= 5:  # warm-up (and compilation) excluded
             rates.append(batch_size / (time.perf_counter() - t))
     return statistics.median(rates)

@@ -6,12 +6,10 @@ Prints test accuracy with no TTA, with flips (what `--tta` does), and with flips
 5 and 9 shifted positions (background-filled), to see what more views would add.
 """
 
-import json
 import sys
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 
 import resnetkit
 from resnetkit.data import load_arrays, normalize
@@ -22,9 +20,7 @@ DIAG4 = [(-1, -1), (1, 1), (-1, 1), (1, -1)]
 
 def main(path: str) -> None:
     model = resnetkit.load(path).eval().to(memory_format=torch.channels_last)
-    with safe_open(path, "pt") as f:
-        meta = f.metadata()
-    mean, std = json.loads(meta["mean"]), json.loads(meta["std"])
+    mean, std = model.metadata["mean"], model.metadata["std"]
     test = load_arrays("fashion-mnist", None, train=False)
     x, y = normalize(test.images, mean, std), test.labels
     background = (0 - mean[0]) / std[0]

@@ -336,17 +336,17 @@ class TensorLoader:
             if self.erase:
                 boxes = erase_boxes(n, *self.images.shape[2:], self.erase, g)
         for b in range(start_batch, len(self)):
-            sel = idx[b * self.batch_size:(b + 1) * self.batch_size]
+            batch = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            sel = idx[batch]
             if self.train and self.padded is not None:
-                x = self._crop(sel, shifts[b * self.batch_size:(b + 1) * self.batch_size])
+                x = self._crop(sel, shifts[batch])
             else:
                 x = self.images[sel.to(self.device)]
             if self.train and self.flip:
-                f = flips[b * self.batch_size:(b + 1) * self.batch_size].to(self.device)
-                x = torch.where(f.view(-1, 1, 1, 1), x.flip(3), x)
+                x = torch.where(flips[batch].to(self.device).view(-1, 1, 1, 1), x.flip(3), x)
             x = normalize(x, self.mean, self.std)
             if self.train and self.erase:
-                x = apply_erase(x, boxes[b * self.batch_size:(b + 1) * self.batch_size])
+                x = apply_erase(x, boxes[batch])
             yield x, self.labels[sel.to(self.device)]
 
     def _crop(self, sel: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
