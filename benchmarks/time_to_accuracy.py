@@ -20,7 +20,8 @@ import yaml
 
 from resnetkit.checkpoint import atomic_write_text
 from resnetkit.config import make_config
-from resnetkit.train import read_metrics, train
+from resnetkit.rundir import read_metrics
+from resnetkit.train import train
 
 
 def main() -> None:

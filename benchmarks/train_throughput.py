@@ -23,7 +23,8 @@ import torch.nn.functional as F
 import resnetkit
 from resnetkit.config import make_config
 from resnetkit.data import channel_stats, load_arrays
-from resnetkit.train import read_metrics, train
+from resnetkit.rundir import read_metrics
+from resnetkit.train import train
 
 
 class PerSampleDataset(torch.utils.data.Dataset):

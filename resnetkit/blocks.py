@@ -99,6 +99,12 @@ def make_shortcut(
     return nn.Sequential(conv1x1(in_planes, out_planes, stride), norm_layer(out_planes))
 
 
+def _basic_only(cls: type, groups: int, base_width: int) -> None:
+    """Grouped and widened 3x3 convs are a bottleneck idea (ResNeXt, wide ResNet)."""
+    if groups != 1 or base_width != 64:
+        raise ValueError(f"{cls.__name__} only supports groups=1 and base_width=64")
+
+
 class _Residual(nn.Module):
     """What every block shares: the shortcut, the add, and stochastic depth."""
 
@@ -137,12 +143,11 @@ class BasicBlock(_Residual):
 
     def __init__(
         self, inplanes: int, planes: int, stride: int = 1, *, shortcut: str = "B",
-        groups: int = 1, base_width: int = 64, version: str = "1.5",
+        groups: int = 1, base_width: int = 64,
         norm_layer: NormLayer = nn.BatchNorm2d, drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        if groups != 1 or base_width != 64:
-            raise ValueError("BasicBlock only supports groups=1 and base_width=64")
+        _basic_only(type(self), groups, base_width)
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = norm_layer(planes)
         self.relu = nn.ReLU(inplace=True)
@@ -162,21 +167,21 @@ class BasicBlock(_Residual):
 class Bottleneck(_Residual):
     """1x1 reduce, 3x3 (the "bottleneck"), 1x1 expand by ``expansion`` = 4.
 
-    ``version`` "1.5" (torchvision's default) strides the 3x3 conv; "1" strides the first
-    1x1 as the paper does, which costs less (3.86 vs 4.09 GMACs for ResNet-50) but
-    reads only a quarter of the input pixels in downsampling blocks.
+    By default the 3x3 conv strides (ResNet "v1.5", torchvision's default); ``stride_in_1x1``
+    strides the first 1x1 as the paper does (ResNet "v1"), which costs less (3.86 vs 4.09
+    GMACs for ResNet-50) but reads only a quarter of the input pixels in downsampling blocks.
     """
 
     expansion = 4
 
     def __init__(
         self, inplanes: int, planes: int, stride: int = 1, *, shortcut: str = "B",
-        groups: int = 1, base_width: int = 64, version: str = "1.5",
+        groups: int = 1, base_width: int = 64, stride_in_1x1: bool = False,
         norm_layer: NormLayer = nn.BatchNorm2d, drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups  # ResNeXt / wide ResNet width
-        s1, s3 = (stride, 1) if version == "1" else (1, stride)
+        s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = conv1x1(inplanes, width, s1)
         self.bn1 = norm_layer(width)
         self.conv2 = conv3x3(width, width, s3, groups)
@@ -207,12 +212,11 @@ class PreActBasicBlock(_Residual):
 
     def __init__(
         self, inplanes: int, planes: int, stride: int = 1, *, shortcut: str = "B",
-        groups: int = 1, base_width: int = 64, version: str = "2",
+        groups: int = 1, base_width: int = 64,
         norm_layer: NormLayer = nn.BatchNorm2d, drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        if groups != 1 or base_width != 64:
-            raise ValueError("BasicBlock only supports groups=1 and base_width=64")
+        _basic_only(type(self), groups, base_width)
         self.bn1 = norm_layer(inplanes)
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn2 = norm_layer(planes)
@@ -237,7 +241,7 @@ class PreActBottleneck(_Residual):
 
     def __init__(
         self, inplanes: int, planes: int, stride: int = 1, *, shortcut: str = "B",
-        groups: int = 1, base_width: int = 64, version: str = "2",
+        groups: int = 1, base_width: int = 64,
         norm_layer: NormLayer = nn.BatchNorm2d, drop_path: float = 0.0,
     ) -> None:
         super().__init__()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import torch
@@ -26,9 +26,12 @@ from .registry import create_model
 
 
 def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all, with the usual permissions (0666 less the umask;
+    ``mkstemp`` would make it private)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -49,7 +52,7 @@ def atomic_write(path: str | Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, text.encode())
+    atomic_write(path, text.encode("utf-8"))
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -117,7 +120,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
         raise UserError(f"{path} has no model_name metadata: not written by resnetkit")
     model = create_model(meta["model_name"], **meta.get("model_args", {}))
     model.load_state_dict(load_file(str(path), device=str(map_location)))
-    model.metadata = meta
+    model.metadata, model.source = meta, str(path)
     return model
 
 

@@ -1,40 +1,24 @@
-"""The ``resnetkit`` command line.
+"""resnetkit: build, train, evaluate, draw and explain Residual Networks.
 
     resnetkit list ['resnet*']
     resnetkit summary resnet50 [--input-size 3 224 224] [--num-classes N] [--in-chans C]
+    resnetkit train | eval | experiment | draw | report ...   (each with --help)
 
-Bad input ends with one line on stderr and exit code 2; ``--debug`` shows the traceback.
+Bad input ends with one line on stderr and exit code 2; --debug shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
+from . import __version__, draw, evaluate, experiments, report, train
+from .config import add_model_args, model_kwargs
 from .errors import UserError
-from .registry import UnknownModelError, create_model, list_models
+from .registry import create_model, list_models
 from .summary import summary
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """Options every command that builds a model shares (``create_model`` keywords)."""
-    g = p.add_argument_group("model")
-    g.add_argument("--num-classes", type=int, default=None)
-    g.add_argument("--in-chans", type=int, default=None)
-    g.add_argument("--shortcut", choices=["A", "B", "C", "none"], default=None)
-    g.add_argument("--version", dest="model_version", choices=["1", "1.5", "2"], default=None)
-    g.add_argument("--zero-init-residual", action="store_true", default=None)
-    g.add_argument("--drop-path-rate", type=float, default=None)
-
-
-def model_kwargs(args: argparse.Namespace) -> dict:
-    pairs = {
-        "num_classes": args.num_classes, "in_chans": args.in_chans, "shortcut": args.shortcut,
-        "version": args.model_version, "zero_init_residual": args.zero_init_residual,
-        "drop_path_rate": args.drop_path_rate,
-    }
-    return {k: v for k, v in pairs.items() if v is not None}
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -42,7 +26,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
-    model = create_model(args.model, **model_kwargs(args))
+    model = create_model(args.model, **model_kwargs(vars(args)))
     size = tuple(args.input_size) if args.input_size else model.default_input_size
     if args.in_chans is not None and not args.input_size:
         size = (args.in_chans, *size[1:])
@@ -51,7 +35,10 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resnetkit", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="resnetkit", description=__doc__.split("\n")[0].split(": ", 1)[1],
+                                     epilog="\n".join(__doc__.split("\n")[2:5]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"resnetkit {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -67,30 +54,34 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     p.set_defaults(func=cmd_summary)
 
-    for register in _extra_commands():
-        register(sub)
+    for command in (train, evaluate, experiments, draw, report):
+        command.add_cli(sub)
     return parser
 
 
-def _extra_commands() -> list:
-    """Commands living next to what they run, imported lazily so `summary` stays fast."""
-    from . import draw, evaluate, experiments, report, train
-
-    return [train.add_cli, evaluate.add_cli, experiments.add_cli, draw.add_cli, report.add_cli]
+def _log_warnings() -> None:
+    """The library reports problems it can live with (an unreadable image) through the
+    ``resnetkit`` logger; on the command line each becomes one ``warning:`` line."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("resnetkit: warning: %(message)s"))
+    logger = logging.getLogger("resnetkit")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    _log_warnings()
     try:
         args = build_parser().parse_args(argv)
         args.argv = argv  # experiments record the exact command that made them
         args.func(args)
-    except (UserError, UnknownModelError, FileNotFoundError, ValueError) as e:
+    except UserError as e:  # our own errors are about the input; anything else is a bug: traceback
         if debug:
             raise
-        msg = e.strerror + f": {e.filename}" if isinstance(e, FileNotFoundError) and e.filename else e
-        print(f"resnetkit: error: {msg}", file=sys.stderr)
+        print(f"resnetkit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("resnetkit: interrupted", file=sys.stderr)

@@ -1,106 +1,33 @@
 """One typed training configuration, the recipes that preset it, and YAML/flag merging.
 
+Every setting is one ``TrainConfig`` field whose metadata carries its help text, its group and,
+where the values are few, its choices; ``resnetkit train``'s flags are generated from those fields
+(``add_arguments``), so a new setting is added here and nowhere else.
+
 Precedence, lowest first: the dataclass defaults, the recipe, ``--config FILE.yaml``,
 then the command-line flags the user actually typed.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 
+from .blocks import SHORTCUTS, VERSIONS
+from .data import DATASETS, NORMALIZATIONS
 from .errors import UserError
-
-
-@dataclass
-class TrainConfig:
-    # model
-    model: str = "resnet20"
-    shortcut: str | None = None  # None: the model family's default (A for CIFAR nets, B for ImageNet)
-    version: str | None = None
-    zero_init_residual: bool = False
-    drop_path_rate: float = 0.0
-    # data
-    data: str = "fashion-mnist"
-    data_dir: str | None = None
-    image_size: int = 224  # image folders only: training crop / evaluation crop
-    pad: int = 2  # random-crop padding in pixels (in-memory datasets)
-    flip: bool = True  # random horizontal flips
-    erase: float = 0.0  # random-erasing probability per training image (0: off)
-    train_subset: int = 0  # use only the first N training images (0: all)
-    test_subset: int = 0  # evaluate on the first N test images (0: all)
-    # optimisation
-    epochs: int = 10  # 0: train for max_steps
-    max_steps: int = 0  # stop after this many steps (0: no limit)
-    time_limit: float = 0.0  # stop after this many seconds of training, the schedule compressed to fit (0: none)
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    schedule: str = "onecycle"  # step | cosine | onecycle
-    milestones: list[int] = field(default_factory=list)  # step schedule, in steps (default 50%, 75%)
-    warmup: int = 0  # steps of linear warm-up from lr/10 (onecycle: from 0; default 15% of steps)
-    label_smoothing: float = 0.0
-    ema: float = 0.0  # decay of an exponential moving average of the weights, per step (0: off)
-    # runtime
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
-    channels_last: bool = False
-    compile: bool = False
-    workers: int = 2  # DataLoader workers, image folders only
-    eval_batch_size: int = 1000
-    tta: bool = False  # evaluate on the image and its mirror, average the logits
-    log_every: int = 50  # steps between metrics.jsonl rows
-    checkpoint_every: int = 0  # steps between checkpoints (0: at the end of each epoch only)
-    # files and starting points
-    out: str = "runs/train"
-    resume: bool = False
-    init: str | None = None  # weights to start from (.safetensors, .pth state dict, checkpoint.pt)
-    freeze_backbone: bool = False
-    recipe: str = "fast"
-
-    def model_kwargs(self) -> dict:
-        opts = {"shortcut": self.shortcut, "version": self.version,
-                "zero_init_residual": self.zero_init_residual or None,
-                "drop_path_rate": self.drop_path_rate or None}
-        return {k: v for k, v in opts.items() if v is not None}
-
-    def validate(self) -> None:
-        from . import resnet  # noqa: F401  (registers the builders)
-        from .registry import create_model, list_models
-
-        if self.model not in list_models():
-            create_model(self.model)  # raises, naming the closest registered names
-        positive = ["lr", "batch_size", "eval_batch_size", "log_every"]
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ["epochs", "max_steps", "time_limit", "weight_decay", "momentum", "warmup", "pad",
-                     "label_smoothing", "train_subset", "test_subset", "checkpoint_every", "workers"]:
-            if getattr(self, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
-        if self.epochs == 0 and self.max_steps == 0:
-            raise UserError("set --epochs or --max-steps")
-        for name in ["label_smoothing", "ema"]:
-            if not 0 <= getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
-        if not 0 <= self.erase <= 1:
-            raise UserError(f"--erase must be a probability in [0, 1], got {self.erase}")
-        choices = {"schedule": ("step", "cosine", "onecycle"), "device": ("auto", "cpu", "cuda"),
-                   "precision": ("fp32", "bf16"), "recipe": tuple(RECIPES)}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise UserError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-
+from .registry import create_model, list_models
 
 # Recipes: overrides of the defaults. Units are in the comments.
 RECIPES: dict[str, dict] = {
-    # Tuned for Fashion-MNIST / MNIST on a 2-core CPU (benchmarks/fashion_mnist.py):
+    # Tuned for Fashion-MNIST / MNIST on a 2-core CPU (docs/benchmarks.md):
     # bf16 autocast and channels_last make oneDNN's fast kernels available.
     "fast": {
         "epochs": 7, "batch_size": 256, "lr": 0.2, "nesterov": True, "weight_decay": 5e-4,
@@ -109,33 +36,176 @@ RECIPES: dict[str, dict] = {
     },
     # He et al. 2016, Sec. 4.2: SGD 0.9, wd 1e-4, batch 128, lr 0.1 /10 at 32k and 48k
     # iterations, 64k in all; 4-pixel padding, 32x32 crops, flips. The paper warms ResNet-110
-    # up at 0.01 for ~400 iterations: `paper_cifar_recipe` adds that for 110+ layers.
+    # up at 0.01 for ~400 iterations: `make_config` adds that for nets of 110+ layers.
     "paper-cifar": {
         "epochs": 0, "max_steps": 64_000, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
         "nesterov": False, "weight_decay": 1e-4, "schedule": "step", "milestones": [32_000, 48_000],
         "warmup": 0, "label_smoothing": 0.0, "pad": 4, "flip": True, "tta": False,
     },
-    # He et al. 2016, Sec. 3.4, with torchvision's reference schedule (lr /10 every 30 epochs).
+    # He et al. 2016, Sec. 3.4, with torchvision's reference schedule (lr /10 every 30 epochs)
+    # and the customary ImageNet channel statistics.
     "paper-imagenet": {
         "epochs": 90, "batch_size": 256, "lr": 0.1, "momentum": 0.9, "nesterov": False,
         "weight_decay": 1e-4, "schedule": "step", "label_smoothing": 0.0, "flip": True,
-        "image_size": 224, "tta": False,
+        "image_size": 224, "normalize": "imagenet", "tta": False,
     },
 }
+PAPER_WARMUP = 400  # steps at lr/10 for 110+ layers: "until the training error is below 80%" (Sec. 4.2)
+SCHEDULES = ("step", "cosine", "onecycle")
 
 
-def recipe_overrides(name: str, model: str) -> dict:
-    if name not in RECIPES:
-        raise UserError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
-    over = dict(RECIPES[name])
-    if name == "paper-cifar":
-        depth = "".join(c for c in model if c.isdigit())
-        if depth and int(depth) >= 110:
-            over["warmup"] = 400  # paper: 0.01 until training error < 80%, about 400 iterations
-    return over
+def setting(default, help: str, *, group: str, choices: tuple | None = None):
+    """A config field with what its command-line flag needs: help, group, choices."""
+    meta = {"help": help, "group": group, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
-FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+@dataclass
+class TrainConfig:
+    model: str = setting("resnet20", "registered model name (`resnetkit list`)", group="model")
+    shortcut: str | None = setting(None, "shortcut option (default: the family's, A for CIFAR nets, B for ImageNet)",
+                                   group="model", choices=SHORTCUTS)
+    version: str | None = setting(None, "1: stride on the first 1x1 (paper); 1.5: on the 3x3; 2: pre-activation",
+                                  group="model", choices=VERSIONS)
+    widths: list[int] = setting([], "channels per stage, e.g. 32 64 128 (default: the model's own)", group="model")
+    blocks: list[int] = setting([], "blocks per stage, e.g. 1 1 1 (default: the model's own)", group="model")
+    zero_init_residual: bool = setting(False, "start each residual branch's last BN at zero", group="model")
+    drop_path_rate: float = setting(0.0, "stochastic depth rate of the last block", group="model")
+
+    data: str = setting("fashion-mnist", "dataset", group="data", choices=DATASETS)
+    data_dir: str | None = setting(None, "dataset folder or archive (default for fashion-mnist: Debian's)",
+                                   group="data")
+    image_size: int = setting(224, "image folders only: training crop / evaluation crop (pixels)", group="data")
+    pad: int = setting(2, "random-crop padding in pixels (in-memory datasets)", group="data")
+    flip: bool = setting(True, "random horizontal flips", group="data")
+    erase: float = setting(0.0, "random-erasing probability per training image (0: off)", group="data")
+    normalize: str = setting("dataset", "channel statistics: computed from the training set, or ImageNet's",
+                             group="data", choices=NORMALIZATIONS)
+    train_subset: int = setting(0, "use only the first N training images (0: all)", group="data")
+    test_subset: int = setting(0, "evaluate on the first N test images (0: all)", group="data")
+    workers: int = setting(2, "DataLoader workers, image folders only", group="data")
+
+    recipe: str = setting("fast", "preset of the settings below", group="optimisation", choices=tuple(RECIPES))
+    epochs: int = setting(10, "epochs (0: train for --max-steps)", group="optimisation")
+    max_steps: int = setting(0, "stop after this many steps (0: no limit)", group="optimisation")
+    time_limit: float = setting(0.0, "seconds of training; the schedule is compressed to end on time (0: none)",
+                                group="optimisation")
+    batch_size: int = setting(128, "images per step", group="optimisation")
+    lr: float = setting(0.1, "peak learning rate", group="optimisation")
+    momentum: float = setting(0.9, "SGD momentum", group="optimisation")
+    nesterov: bool = setting(False, "Nesterov momentum", group="optimisation")
+    weight_decay: float = setting(1e-4, "L2 weight decay", group="optimisation")
+    schedule: str = setting("onecycle", "learning-rate schedule", group="optimisation", choices=SCHEDULES)
+    milestones: list[int] = setting([], "step schedule: steps where lr drops /10 (default 50%%, 75%%)",
+                                    group="optimisation")
+    warmup: int = setting(0, "steps of linear warm-up from lr/10 (onecycle: from 0; default 15%% of steps)",
+                          group="optimisation")
+    label_smoothing: float = setting(0.0, "label smoothing", group="optimisation")
+    ema: float = setting(0.0, "decay per step of a moving average of the weights, e.g. 0.999 (0: off)",
+                         group="optimisation")
+
+    seed: int = setting(0, "seed of every random draw", group="runtime")
+    device: str = setting("auto", "where to train", group="runtime", choices=("auto", "cpu", "cuda"))
+    precision: str = setting("fp32", "fp32, or bf16 autocast", group="runtime", choices=("fp32", "bf16"))
+    channels_last: bool = setting(False, "NHWC memory format", group="runtime")
+    compile: bool = setting(False, "torch.compile the model", group="runtime")
+    eval_batch_size: int = setting(1000, "images per evaluation batch", group="runtime")
+    tta: bool = setting(False, "test-time augmentation: average the logits of each image and its mirror",
+                        group="runtime")
+    log_every: int = setting(50, "steps between metrics.jsonl rows", group="runtime")
+    checkpoint_every: int = setting(0, "steps between checkpoints (0: at the end of each epoch only)",
+                                    group="runtime")
+
+    out: str = setting("runs/train", "output folder", group="files")
+    resume: bool = setting(False, "continue from OUT/checkpoint.pt", group="files")
+    init: str | None = setting(None, "weights to start from (.safetensors, .pth state dict, checkpoint.pt)",
+                               group="files")
+    freeze_backbone: bool = setting(False, "train only the classifier", group="files")
+
+    def model_kwargs(self) -> dict:
+        return model_kwargs(dataclasses.asdict(self))
+
+    def validate(self) -> None:
+        for f in FIELDS.values():
+            value, choices = getattr(self, f.name), f.metadata["choices"]
+            if choices and value is not None and value not in choices:
+                raise UserError(f"{flag(f.name)} must be one of {', '.join(choices)}, got {value!r}")
+        for name in ["lr", "batch_size", "eval_batch_size", "log_every"]:
+            if getattr(self, name) <= 0:
+                raise UserError(f"{flag(name)} must be positive, got {getattr(self, name)}")
+        for name in ["epochs", "max_steps", "time_limit", "weight_decay", "momentum", "warmup", "pad",
+                     "label_smoothing", "train_subset", "test_subset", "checkpoint_every", "workers"]:
+            if getattr(self, name) < 0:
+                raise UserError(f"{flag(name)} must not be negative, got {getattr(self, name)}")
+        if self.epochs == 0 and self.max_steps == 0:
+            raise UserError("set --epochs or --max-steps")
+        for name in ["label_smoothing", "ema"]:
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"{flag(name)} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.erase <= 1:
+            raise UserError(f"--erase must be a probability in [0, 1], got {self.erase}")
+        check_model(self.model, self.model_kwargs())
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_TYPES = typing.get_type_hints(TrainConfig)
+MODEL_FIELDS = [n for n, f in FIELDS.items() if f.metadata["group"] == "model" and n != "model"]
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def model_kwargs(values: Mapping) -> dict:
+    """``create_model`` keywords from settings: only those set (the builder's defaults stand otherwise)."""
+    kwargs = {k: values.get(k) for k in ("num_classes", "in_chans", *MODEL_FIELDS)}
+    return {k: v for k, v in kwargs.items() if v not in (None, False, 0.0, [])}
+
+
+def check_model(name: str, kwargs: dict) -> torch.nn.Module:
+    """Build the model on the meta device (no memory, no time), so that an unknown name or
+    impossible arguments are a clear error before anything starts. Returns the model."""
+    if name not in list_models():
+        create_model(name)  # raises, naming the closest registered names
+    try:
+        with torch.device("meta"):
+            return create_model(name, **kwargs)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"cannot build {name} with {kwargs}: {e}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser, groups: tuple[str, ...] | None = None, *,
+                  skip: tuple[str, ...] = (), default=argparse.SUPPRESS) -> dict[str, argparse._ArgumentGroup]:
+    """One flag per ``TrainConfig`` field (of ``groups``, all by default). With the default
+    ``SUPPRESS``, only the flags a user typed appear in the parsed namespace."""
+    sections: dict[str, argparse._ArgumentGroup] = {}
+    for name, f in FIELDS.items():
+        group = f.metadata["group"]
+        if (groups and group not in groups) or name in skip:
+            continue
+        if group not in sections:
+            sections[group] = parser.add_argument_group(group)
+        kind, choices = _TYPES[name], f.metadata["choices"]
+        # Choices are checked by TrainConfig.validate, with the one-line error of every bad input.
+        metavar = "{" + ",".join(choices) + "}" if choices else name.upper()
+        if kind is bool:
+            opts = {"action": argparse.BooleanOptionalAction}
+        elif typing.get_origin(kind) is list:
+            opts = {"type": int, "nargs": "+", "metavar": "N"}
+        else:
+            scalar = [t for t in typing.get_args(kind) if t is not type(None)] or [kind]
+            opts = {"type": scalar[0], "metavar": metavar}
+        sections[group].add_argument(flag(name), default=default, help=f.metadata["help"], **opts)
+    return sections
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """The model flags of commands that build a model without training it (summary, draw)."""
+    g = add_arguments(parser, ("model",), skip=("model",), default=None)["model"]
+    g.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the model's)")
+    g.add_argument("--in-chans", type=int, default=None, help="input channels (default: 3)")
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -149,7 +219,7 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(values, dict):
         raise UserError(f"config file must hold a mapping of settings: {path}")
     values = {k.replace("-", "_"): v for k, v in values.items()}
-    unknown = sorted(set(values) - FIELDS)
+    unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise UserError(f"unknown setting(s) {', '.join(unknown)} in {path}")
     return values
@@ -159,17 +229,22 @@ def make_config(flags: dict | None = None, config_file: str | Path | None = None
     """Defaults < recipe < YAML file < flags. ``flags`` holds only what the user set."""
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     from_file = read_yaml(config_file) if config_file else {}
-    unknown = sorted(set(flags) - FIELDS)
+    unknown = sorted(set(flags) - set(FIELDS))
     if unknown:
         raise UserError(f"unknown setting(s): {', '.join(unknown)}")
     recipe = flags.get("recipe") or from_file.get("recipe") or TrainConfig.recipe
-    model = flags.get("model") or from_file.get("model") or TrainConfig.model
-    values = {**recipe_overrides(recipe, model), **from_file, **flags}
+    if recipe not in RECIPES:
+        raise UserError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+    chosen = {**from_file, **flags}
     try:
-        cfg = TrainConfig(**values)
+        cfg = TrainConfig(**{**RECIPES[recipe], **chosen})
     except TypeError as e:
         raise UserError(f"bad settings: {e}") from None
     cfg.validate()
+    if recipe == "paper-cifar" and "warmup" not in chosen:
+        # Decided by the network's real depth, not its name: resnext50_32x4d is 50 layers deep.
+        if check_model(cfg.model, cfg.model_kwargs()).depth >= 110:
+            cfg.warmup = PAPER_WARMUP
     return cfg
 
 

@@ -4,32 +4,42 @@ Small datasets (Fashion-MNIST, MNIST, CIFAR) are read whole into one uint8 tenso
 lives on the training device; ``TensorLoader`` augments a whole batch at a time there
 (random crop with padding, horizontal flip) with no per-sample Python, as the fastest
 CIFAR trainers do. Image folders too large for memory stream through DataLoader workers
-(``folder_loader``). Every reader fails with a ``UserError`` that names the file.
+(``FolderLoader``). Every reader fails with a ``UserError`` that names the file.
+
+``build_loaders`` turns a training configuration into the loaders a run needs, and
+``build_eval_loader`` gives the test split alone for evaluating saved weights.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import logging
 import math
-import os
 import pickle
 import struct
 import tarfile
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
+
+log = logging.getLogger("resnetkit")
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot"]
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "folder")
+# Channel statistics: "dataset" computes them from the training split (all of an in-memory set,
+# up to 512 evenly spaced images of a folder); "imagenet" names the customary ImageNet values.
+NORMALIZATIONS = ("dataset", "imagenet")
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 @dataclass
@@ -349,6 +359,10 @@ class TensorLoader:
                 x = apply_erase(x, boxes[batch])
             yield x, self.labels[sel.to(self.device)]
 
+    def sample(self, i: int) -> tuple[torch.Tensor, int]:
+        """Image i as stored (uint8, C x H x W, on the CPU) and its label."""
+        return self.images[i].cpu(), int(self.labels[i])
+
     def _crop(self, sel: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
         """Random crops for a whole batch by one gather: rows dy..dy+H, cols dx..dx+W."""
         h, w = self.images.shape[2:]
@@ -371,8 +385,8 @@ class ImageFolder(torch.utils.data.Dataset):
     Files are decoded by Pillow in DataLoader workers. Training: RandomResizedCrop to
     ``size`` (scale 0.08-1, aspect 3/4-4/3, Szegedy et al. 2015 as torchvision does);
     evaluation: resize the short side to size*256/224, then a center crop. Flips and
-    normalisation happen later, on the whole batch. An unreadable file yields None and
-    is skipped by ``collate_skip``, counted and warned about, never a crash.
+    normalisation happen later, on the whole batch. An unreadable file yields ``Unreadable``
+    and is skipped by ``collate_skip``, counted and warned about once, never a crash.
     """
 
     def __init__(self, root: str | Path, train: bool, size: int = 224, seed: int = 0,
@@ -389,7 +403,7 @@ class ImageFolder(torch.utils.data.Dataset):
         ]
         if not self.samples:
             raise UserError(f"no files in the class folders of {root}")
-        self.train, self.size, self.seed, self.in_chans = train, size, seed, in_chans
+        self.root, self.train, self.size, self.seed, self.in_chans = root, train, size, seed, in_chans
         self.epoch = 0
         self.labels = torch.tensor([y for _, y in self.samples])
 
@@ -397,8 +411,6 @@ class ImageFolder(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int):
-        from PIL import Image, UnidentifiedImageError
-
         path, label = self.samples[i]
         try:
             with Image.open(path) as im:
@@ -407,14 +419,13 @@ class ImageFolder(torch.utils.data.Dataset):
                 im = self._random_resized_crop(im, rng) if self.train else self._center_crop(im)
                 arr = np.asarray(im, dtype=np.uint8)
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-            warnings.warn(f"skipping unreadable image {path}: {e}", stacklevel=1)
-            return None
+            # Reported by the loader in the main process: a worker's own warning would repeat
+            # every epoch and interleave with the progress output.
+            return Unreadable(path, str(e).replace(repr(path), "").replace(path, "").strip(" :"))
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         return torch.from_numpy(arr.copy()), label
 
     def _random_resized_crop(self, im, rng):
-        from PIL import Image
-
         w, h = im.size
         area = w * h
         for _ in range(10):
@@ -427,8 +438,6 @@ class ImageFolder(torch.utils.data.Dataset):
         return self._center_crop(im)  # fallback for extreme aspect ratios
 
     def _center_crop(self, im):
-        from PIL import Image
-
         short = round(self.size * 256 / 224)
         w, h = im.size
         scale = short / min(w, h)
@@ -438,12 +447,20 @@ class ImageFolder(torch.utils.data.Dataset):
         return im.crop((x0, y0, x0 + self.size, y0 + self.size))
 
 
+class Unreadable(NamedTuple):
+    """What ``ImageFolder`` yields for a file Pillow cannot read."""
+
+    path: str
+    reason: str
+
+
 def collate_skip(batch):
-    """Stack the readable samples; the third element counts the skipped ones."""
-    good = [b for b in batch if b is not None]
+    """Stack the readable samples; the third element lists the ``Unreadable`` ones."""
+    bad = [b for b in batch if isinstance(b, Unreadable)]
+    good = [b for b in batch if not isinstance(b, Unreadable)]
     if not good:
-        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), len(batch)
-    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), len(batch) - len(good)
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), bad
+    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), bad
 
 
 class FolderLoader:
@@ -457,12 +474,17 @@ class FolderLoader:
         self.mean, self.std, self.flip, self.erase = mean, std, flip, erase
         self.device = torch.device(device)
         self.workers, self.seed, self.rank, self.world_size = workers, seed, rank, world_size
-        self.skipped = 0
+        self.skipped = 0  # unreadable images met, counted each time
+        self.warned: set[str] = set()  # ... and reported once each
         self.labels = data.labels
 
     def __len__(self) -> int:
         n = math.ceil(len(self.data) / self.world_size)
         return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
+
+    def sample(self, i: int) -> tuple[torch.Tensor, int] | Unreadable:
+        """Image i as the evaluation transform makes it (uint8, C x H x W) and its label."""
+        return self.data[i]
 
     def epoch(self, epoch: int, start_batch: int = 0):
         self.data.epoch = epoch
@@ -479,10 +501,12 @@ class FolderLoader:
             num_workers=self.workers, collate_fn=collate_skip, persistent_workers=False,
             pin_memory=self.device.type == "cuda")
         flip_g = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 7_919)
-        for x, y, skipped in loader:
-            self.skipped += skipped
-            if skipped:
-                warnings.warn(f"skipped {skipped} unreadable images ({self.skipped} so far)", stacklevel=1)
+        for x, y, bad in loader:
+            self.skipped += len(bad)
+            for path, reason in bad:
+                if path not in self.warned:
+                    self.warned.add(path)
+                    log.warning("skipped 1 unreadable image: %s (%s); it is left out of every epoch", path, reason)
             if len(y) == 0:
                 continue
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -496,20 +520,87 @@ class FolderLoader:
 
 
 def folder_stats(data: ImageFolder, n: int = 512) -> tuple[list[float], list[float]]:
-    """Channel statistics estimated from up to n evenly spaced images (ImageNet's are
-    the well-known (0.485, 0.456, 0.406), (0.229, 0.224, 0.225) for RGB)."""
-    if data.in_chans == 3 and len(data) > 5000:
-        return [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    """Channel statistics estimated from up to n evenly spaced images, center-cropped."""
     was_train, data.train = data.train, False
     step = max(1, len(data) // n)
     items = [data[i] for i in range(0, len(data), step)]
     data.train = was_train
-    good = [it for it in items if it is not None]
+    good = [it for it in items if not isinstance(it, Unreadable)]
     if not good:
-        raise UserError("no readable images to compute statistics from")
+        raise UserError(f"no readable images to compute statistics from in {data.root}")
     return channel_stats(torch.stack([x for x, _ in good]))
 
 
-def env_rank() -> tuple[int, int]:
-    """(rank, world size) from the environment torchrun sets; (0, 1) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+# --- from a configuration to loaders ---------------------------------------------------------
+
+class Loaders(NamedTuple):
+    train: TensorLoader | FolderLoader
+    test: TensorLoader | FolderLoader
+    classes: list[str]
+    in_chans: int
+    mean: list[float]
+    std: list[float]
+
+
+def _eval_folder(root: Path) -> Path | None:
+    """The evaluation split of an image-folder dataset: ``val/`` or ``test/`` beside ``train/``."""
+    return next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+
+
+def _first(data: ArrayDataset, n: int) -> ArrayDataset:
+    return replace(data, images=data.images[:n], labels=data.labels[:n]) if n else data
+
+
+def build_loaders(cfg, device: torch.device, rank: int = 0, world: int = 1) -> Loaders:
+    """The training and test loaders a ``TrainConfig`` asks for, normalised as it says."""
+    if cfg.data == "folder":
+        if not cfg.data_dir:
+            raise UserError("--data folder needs --data-dir (with train/ and val/ sub-folders)")
+        root = Path(cfg.data_dir)
+        train_root = root / "train" if (root / "train").is_dir() else root
+        test_root = _eval_folder(root)
+        if test_root is None:
+            raise UserError(f"no val/ or test/ folder beside train/ in {root}")
+        train_set = ImageFolder(train_root, True, cfg.image_size, cfg.seed)
+        test_set = ImageFolder(test_root, False, cfg.image_size, cfg.seed)
+        if train_set.classes != test_set.classes:
+            raise UserError(f"class folders of {train_root} and {test_root} differ")
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if cfg.normalize == "imagenet" else folder_stats(train_set)
+        common = {"mean": mean, "std": std, "device": device, "flip": cfg.flip, "workers": cfg.workers,
+                  "seed": cfg.seed}
+        train = FolderLoader(train_set, cfg.batch_size, train=True, erase=cfg.erase, rank=rank, world_size=world,
+                             **common)
+        test = FolderLoader(test_set, cfg.eval_batch_size, train=False, **common)
+        return Loaders(train, test, train_set.classes, 3, mean, std)
+
+    train_set = _first(load_arrays(cfg.data, cfg.data_dir, train=True), cfg.train_subset)
+    test_set = _first(load_arrays(cfg.data, cfg.data_dir, train=False), cfg.test_subset)
+    in_chans = train_set.images.shape[1]
+    if cfg.normalize == "imagenet":
+        if in_chans != 3:
+            raise UserError(f"--normalize imagenet needs colour images; {cfg.data} has {in_chans} channel(s)")
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        mean, std = channel_stats(train_set.images)
+    train = TensorLoader(train_set, cfg.batch_size, train=True, mean=mean, std=std, device=device,
+                         pad=cfg.pad, flip=cfg.flip, erase=cfg.erase, seed=cfg.seed, rank=rank, world_size=world)
+    test = TensorLoader(test_set, cfg.eval_batch_size, train=False, mean=mean, std=std, device=device)
+    return Loaders(train, test, train_set.classes, in_chans, mean, std)
+
+
+def build_eval_loader(data: str, data_dir: str | None, *, mean, std, device, batch_size: int,
+                      image_size: int = 224, in_chans: int = 3, workers: int = 2,
+                      test_subset: int = 0) -> tuple[TensorLoader | FolderLoader, list[str]]:
+    """The test split alone, normalised with the training statistics: (loader, class names)."""
+    if data == "folder":
+        root = Path(data_dir or "")
+        test_set = ImageFolder(_eval_folder(root) or root, False, image_size, in_chans=in_chans)
+        if mean is None:
+            mean, std = folder_stats(test_set)
+        loader = FolderLoader(test_set, batch_size, train=False, mean=mean, std=std, device=device,
+                              workers=workers)
+        return loader, test_set.classes
+    test_set = _first(load_arrays(data, data_dir, train=False), test_subset)
+    if mean is None:
+        mean, std = channel_stats(load_arrays(data, data_dir, train=True).images)
+    return TensorLoader(test_set, batch_size, train=False, mean=mean, std=std, device=device), test_set.classes

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .blocks import DropPath, ZeroPadShortcut
-from .cli import add_model_args, model_kwargs
+from .config import add_model_args, model_kwargs
 from .errors import UserError
 from .registry import create_model
 from .summary import Summary, summary
@@ -964,7 +964,7 @@ def save(model: nn.Module, path: str | os.PathLike, style: str | None = None,
 def cmd_draw(args: argparse.Namespace) -> None:
     # Only the structure and the shapes are needed: build on the meta device, allocate nothing.
     with torch.device("meta"):
-        model = create_model(args.model, **model_kwargs(args))
+        model = create_model(args.model, **model_kwargs(vars(args)))
     path = save(model, args.output, args.style, args.direction, args.input_size)
     print(f"wrote {path}")
 

@@ -1,4 +1,7 @@
-"""The one exception type the command line turns into a clean error line (exit code 2)."""
+"""The project's own error type: what the command line turns into one clean line (exit code 2).
+
+Anything else that escapes a command is a bug and keeps its traceback.
+"""
 
 
 class UserError(Exception):

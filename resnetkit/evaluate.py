@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from dataclasses import dataclass
@@ -17,7 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import load
+from .data import build_eval_loader
 from .errors import UserError
+from .plots import plot_confusion
+from .runtime import autocast, resolve_device
 
 
 @dataclass
@@ -35,12 +37,6 @@ class EvalResult:
     def per_class(self) -> list[float]:
         totals = self.confusion.sum(1).clamp(min=1)
         return (self.confusion.diag().double() / totals).tolist()
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -79,42 +75,45 @@ def evaluate_model(model: nn.Module, loader, num_classes: int, *, precision: str
     )
 
 
-def evaluate_file(weights: str | Path, data: str | None = None, data_dir: str | None = None,
-                  device: str = "auto", batch_size: int = 1000, tta: bool | None = None,
-                  workers: int = 2) -> tuple[EvalResult, list[str], dict]:
-    """Load a ``model.safetensors`` written by training and evaluate it on a test split."""
-    from .train import build_eval_loader, resolve_device
-
+def evaluate_loaded(model: nn.Module, *, data: str | None = None, data_dir: str | None = None,
+                    device: str = "auto", batch_size: int | None = None, tta: bool | None = None,
+                    workers: int = 2, test_subset: int = 0):
+    """Evaluate a model rebuilt by ``load`` on a test split exactly as its training run did:
+    same normalisation, precision, memory format, batch size and test-time augmentation, so the
+    same weights on the same images give the same number here as at the end of training.
+    Returns (result, class names, the test loader)."""
     dev = resolve_device(device)
-    model = load(weights).to(dev)
+    model = model.to(dev)
     meta = getattr(model, "metadata", {})
+    where = getattr(model, "source", "the model")
     data = data or meta.get("dataset")
     if not data:
-        raise UserError(f"{weights} does not say which dataset it was trained on: pass --data")
-    data_dir = data_dir or meta.get("data_dir")
+        raise UserError(f"{where} does not say which dataset it was trained on: pass --data")
     training = meta.get("training", {})
     loader, classes = build_eval_loader(
-        data, data_dir, mean=meta.get("mean"), std=meta.get("std"), device=dev, batch_size=batch_size,
-        image_size=training.get("image_size", 224), in_chans=model.conv1.in_channels, workers=workers)
+        data, data_dir or meta.get("data_dir"), mean=meta.get("mean"), std=meta.get("std"), device=dev,
+        batch_size=batch_size or training.get("eval_batch_size", 1000), image_size=training.get("image_size", 224),
+        in_chans=model.conv1.in_channels, workers=workers, test_subset=test_subset)
     if model.num_classes != len(classes):
-        raise UserError(f"{weights} predicts {model.num_classes} classes but {data} has {len(classes)}")
-    use_tta = training.get("tta", False) if tta is None else tta
-    result = evaluate_model(model, loader, len(classes), precision=training.get("precision", "fp32"),
-                            tta=use_tta)
-    return result, classes, meta
+        raise UserError(f"{where} predicts {model.num_classes} classes but {data} has {len(classes)}")
+    fmt = torch.channels_last if training.get("channels_last") else torch.contiguous_format
+    result = evaluate_model(model.to(memory_format=fmt), loader, len(classes),
+                            precision=training.get("precision", "fp32"),
+                            tta=training.get("tta", False) if tta is None else tta, memory_format=fmt)
+    return result, classes, loader
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    result, classes, meta = evaluate_file(args.weights, args.data, args.data_dir, args.device,
-                                          args.batch_size, args.tta, args.workers)
+    model = load(args.weights)
+    result, classes, _ = evaluate_loaded(model, data=args.data, data_dir=args.data_dir, device=args.device,
+                                         batch_size=args.batch_size, tta=args.tta, workers=args.workers)
+    meta = model.metadata
     out = {
         "model": meta.get("model_name"), "dataset": args.data or meta.get("dataset"),
         "accuracy": result.accuracy, "error": result.error, "top5": result.top5, "loss": result.loss,
         "per_class_accuracy": dict(zip(classes, result.per_class())),
     }
     cm_path = Path(args.confusion) if args.confusion else Path(args.weights).with_name("confusion.png")
-    from .plots import plot_confusion
-
     plot_confusion(result.confusion, classes, cm_path)
     out["confusion_png"] = str(cm_path)
     if args.json:
@@ -139,7 +138,7 @@ def add_cli(sub) -> None:
     p.add_argument("--data", default=None, help="dataset (default: the one it was trained on)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=None, help="default: as in training")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average with mirrored images (default: as in training)")

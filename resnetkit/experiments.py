@@ -28,7 +28,9 @@ import torch
 from .checkpoint import atomic_write_text
 from .config import make_config
 from .errors import UserError
-from .train import read_metrics, train
+from .plots import draw_curves, plt, save_figure
+from .rundir import read_metrics
+from .train import train
 
 # Paper Table 6, CIFAR-10 test error (%) of the ResNets; plain nets are shown only as curves.
 PAPER_TABLE6 = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43}
@@ -148,8 +150,6 @@ def table(models: list[dict], paper: dict, paper_key: str, paper_label: str) -> 
 
 def plot_panels(out: Path, panels: list[tuple[str, list[tuple[str, list[dict]]]]], title: str) -> None:
     """Paper Fig. 6 style: dashed training error, bold test error, one color per model."""
-    from .plots import draw_curves, plt, save_figure
-
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.4), sharey=True, squeeze=False)
     top = 0.0
     for ax, (panel_title, curves) in zip(axes[0], panels):

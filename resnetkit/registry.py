@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from .errors import UserError
+
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -25,7 +27,9 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern))
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(UserError, KeyError):
+    """A name no builder is registered under: bad input, so a one-line error on the command line."""
+
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0])
 

@@ -31,9 +31,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from PIL import Image
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_text, load
+from .config import TrainConfig
+from .data import Unreadable
+from .draw import draw_svg
 from .errors import UserError
+from .evaluate import evaluate_loaded
+from .experiments import PAPER_TABLE3, PAPER_TABLE6, fmt_pct
+from .plots import plot_confusion, plot_curves
+from .registry import create_model
+from .rundir import read_metrics
 
 GRID = 48  # test images shown in the grid
 THUMB = 84  # px: the grid's image size; 28 px MNIST digits are drawn at 3x, pixel for pixel
@@ -108,9 +117,6 @@ def curves_png(run_dir: Path, title: str = "") -> bytes | None:
         return (run_dir / "curves.png").read_bytes()
     if not (run_dir / "metrics.jsonl").is_file():
         return None
-    from .plots import plot_curves
-    from .train import read_metrics
-
     rows = read_metrics(run_dir / "metrics.jsonl")
     return _figure_png(lambda p: plot_curves(rows, p, title=title)) if rows else None
 
@@ -131,38 +137,13 @@ class Evaluation:
 
 
 def evaluate_run(run_dir: Path, model: torch.nn.Module, config: dict) -> Evaluation:
-    """Evaluate the saved model on the CPU as training did (same normalisation, precision, TTA,
-    and the same ``test_subset``, so the numbers match summary.json)."""
-    from .data import TensorLoader, load_arrays
-    from .evaluate import evaluate_model
-    from .train import build_eval_loader
-
-    meta = getattr(model, "metadata", {})
-    dataset = meta.get("dataset")
-    if not dataset:
-        raise UserError(f"{run_dir / 'model.safetensors'} does not say which dataset it was trained on")
-    training = meta.get("training", {})
-    in_chans = model.conv1.in_channels
-    cpu = torch.device("cpu")
-    if dataset == "folder":
-        image_size = training.get("image_size", 224)
-        loader, classes = build_eval_loader(dataset, meta.get("data_dir"), mean=meta.get("mean"),
-                                            std=meta.get("std"), device=cpu, batch_size=500,
-                                            image_size=image_size, in_chans=in_chans, workers=0)
-        items = [loader.data[i] for i in range(min(GRID, len(loader.data)))]
-        images = [it for it in items if it is not None]  # unreadable files are skipped, as in eval
-    else:
-        test = load_arrays(dataset, meta.get("data_dir"), train=False)
-        n = config.get("test_subset") or 0
-        if n:
-            test = dataclasses.replace(test, images=test.images[:n], labels=test.labels[:n])
-        classes = meta.get("classes") or test.classes
-        loader = TensorLoader(test, 500, train=False, mean=meta["mean"], std=meta["std"], device=cpu)
-        images = [(test.images[i], int(test.labels[i])) for i in range(min(GRID, len(test)))]
-    if model.num_classes != len(classes):
-        raise UserError(f"the model predicts {model.num_classes} classes but the test split has {len(classes)}")
-    result = evaluate_model(model, loader, len(classes), precision=training.get("precision", "fp32"),
-                            tta=training.get("tta", False))
+    """Evaluate the saved model on the CPU as training did (``evaluate.evaluate_loaded``: same
+    normalisation, precision, memory format, batch size, TTA and ``test_subset``), so the numbers
+    match summary.json."""
+    result, classes, loader = evaluate_loaded(model, device="cpu", workers=0,
+                                              test_subset=config.get("test_subset") or 0)
+    items = [loader.sample(i) for i in range(min(GRID, len(loader.labels)))]
+    images = [it for it in items if not isinstance(it, Unreadable)]  # skipped in evaluation too
     preds = result.predictions.tolist()
     samples = [(x, y, preds[i]) for i, (x, y) in enumerate(images)]
     return Evaluation(classes, result.confusion, result.per_class(), result.accuracy, samples)
@@ -171,8 +152,6 @@ def evaluate_run(run_dir: Path, model: torch.nn.Module, config: dict) -> Evaluat
 def _sample_png(image: torch.Tensor) -> bytes:
     """One test image as PNG at THUMB px: small images enlarged by a whole factor with
     nearest-neighbour (pixels stay sharp squares), large ones shrunk smoothly."""
-    from PIL import Image
-
     arr = np.ascontiguousarray(image.cpu().numpy().transpose(1, 2, 0))  # H, W, C
     pic = Image.fromarray(arr if arr.shape[2] == 3 else arr[:, :, 0])  # RGB, or the first channel as grey
     side = max(pic.size)
@@ -210,8 +189,6 @@ def _confusion_html(ev: Evaluation) -> str:
             f"Correct predictions on the diagonal (blue), mistakes off it (red), shaded by their share "
             f"of the row. Accuracy recomputed here: {_pct(ev.accuracy)}.</p>")
     if k > MAX_CONFUSION_TABLE:
-        from .plots import plot_confusion
-
         png = _figure_png(lambda p: plot_confusion(ev.confusion, ev.classes, p))
         return head + f'<div class="confusion">{_img(png, "confusion matrix", "figure")}</div>'
     rows = []
@@ -238,8 +215,6 @@ def _confusion_html(ev: Evaluation) -> str:
 
 
 def _settings_html(config: dict) -> str:
-    from .config import TrainConfig
-
     defaults = dataclasses.asdict(TrainConfig())
     changed = {k for k, v in config.items() if k in defaults and defaults[k] != v}
     return ('<p class="caption">From config.yaml: the recipe, the config file and the flags, merged. '
@@ -272,9 +247,6 @@ def _metrics_html(summary: dict) -> str:
 def _architecture_svg(model: torch.nn.Module, input_size: tuple[int, ...] | None) -> str:
     """The compact diagram, traced from a weightless copy on the meta device: the forward pass
     the trace makes must not touch the loaded model (BN statistics, memory)."""
-    from .draw import draw_svg
-    from .registry import create_model
-
     meta = model.metadata
     with torch.device("meta"):
         shadow = create_model(meta["model_name"], **meta.get("model_args", {}))
@@ -284,8 +256,6 @@ def _architecture_svg(model: torch.nn.Module, input_size: tuple[int, ...] | None
 
 def _run_page(run_dir: Path) -> tuple[str, str, list[str]]:
     """(title, body HTML, notes) of a training run's page."""
-    from .checkpoint import load
-
     summary = _read_json(run_dir / "summary.json")
     notes: list[str] = []
     config: dict = {}
@@ -343,8 +313,6 @@ def _run_page(run_dir: Path) -> tuple[str, str, list[str]]:
 
 
 def _experiment_page(exp_dir: Path) -> tuple[str, str, list[str]]:
-    from .experiments import PAPER_TABLE3, PAPER_TABLE6, fmt_pct
-
     r = _read_json(exp_dir / "results.json")
     notes: list[str] = []
     title = f"Experiment: {r.get('experiment', exp_dir.name)}"

@@ -77,11 +77,21 @@ class ResNet(nn.Module):
             raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        if len(widths) != len(layers) or not layers:
+            raise ValueError(f"need one width per stage: {len(layers)} stages of blocks {tuple(layers)}, "
+                             f"{len(widths)} widths {tuple(widths)}")
+        if min(layers) < 1 or min(widths) < 1:
+            raise ValueError(f"blocks and widths per stage must be positive, got {tuple(layers)} and {tuple(widths)}")
         norm_layer = norm_layer or nn.BatchNorm2d
         preact = version == "2"
         block_cls = _BLOCKS[(block, preact)]
+        # Only the post-activation bottleneck has a choice of where to stride (v1 vs v1.5).
+        block_opts = {"stride_in_1x1": version == "1"} if block_cls is Bottleneck else {}
         self.preact = preact
         self.num_classes = num_classes
+        # Weighted layers as the paper counts them: the stem conv, the convs on every block's
+        # main path (2 per basic block, 3 per bottleneck) and the classifier.
+        self.depth = 1 + sum(layers) * (2 if block == "basic" else 3) + 1
         # What the family is meant to see; summary and diagrams use it when not told otherwise.
         self.default_input_size = (in_chans, 224, 224) if stem == "imagenet" else (in_chans, 32, 32)
 
@@ -103,8 +113,8 @@ class ResNet(nn.Module):
                 rate = drop_path_rate * index / max(total - 1, 1)
                 blocks.append(block_cls(
                     inplanes, planes, stride=2 if (i > 0 and j == 0) else 1, shortcut=shortcut,
-                    groups=groups, base_width=width_per_group, version=version,
-                    norm_layer=norm_layer, drop_path=rate,
+                    groups=groups, base_width=width_per_group, norm_layer=norm_layer, drop_path=rate,
+                    **block_opts,
                 ))
                 inplanes, index = planes * block_cls.expansion, index + 1
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
@@ -160,15 +170,22 @@ class ResNet(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Builders. Each is a thin keyword-only function; `create_model(name, **kwargs)` calls them.
 
+# Every builder also takes ``blocks`` (blocks per stage) and ``widths`` (channels per stage) to
+# override its own: ``create_model("resnet20", widths=(32, 64, 128), blocks=(1, 1, 1))`` is a
+# CIFAR-style ResNet-8 at twice the width. The name then says which family and defaults it
+# started from, and ``model.depth`` how many weighted layers it has.
+
 def _imagenet(block: str, layers: Sequence[int], kwargs: dict, **defaults) -> ResNet:
+    layers = kwargs.pop("blocks", None) or layers
     return ResNet(block, layers, **{"stem": "imagenet", "shortcut": "B", **defaults, **kwargs})
 
 
 def _cifar(depth: int, kwargs: dict, **defaults) -> ResNet:
     """The paper's CIFAR nets: 6n+2 weighted layers, n basic blocks per stage."""
     n = (depth - 2) // 6
+    layers = kwargs.pop("blocks", None) or (n, n, n)
     cfg = {"widths": (16, 32, 64), "stem": "cifar", "shortcut": "A", "num_classes": 10}
-    return ResNet("basic", (n, n, n), **{**cfg, **defaults, **kwargs})
+    return ResNet("basic", layers, **{**cfg, **defaults, **kwargs})
 
 
 @register_model

@@ -1,8 +1,8 @@
 """Dataset readers on files in the real formats, and the on-device batch augmentation."""
 
 import gzip
+import logging
 import pickle
-import warnings
 
 import numpy as np
 import pytest
@@ -201,18 +201,20 @@ def test_loader_shards_by_rank():
     assert sorted(seen) == list(range(10))  # disjoint shards that cover the set
 
 
-def test_image_folder_streams_and_skips_unreadable(tmp_path):
+def test_image_folder_streams_and_skips_unreadable(tmp_path, caplog):
     root = write_image_folder(tmp_path / "imgs", n_per_class=4)
     (root / "train" / "cat" / "notes.txt").write_text("not an image")
     (root / "train" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     ds = data.ImageFolder(root / "train", train=True, size=32)
     assert ds.classes == ["cat", "dog", "fox"] and len(ds) == 14
     loader = data.FolderLoader(ds, 7, train=True, mean=[0.5] * 3, std=[0.25] * 3, workers=0, flip=True)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with caplog.at_level(logging.WARNING, logger="resnetkit"):
         batches = list(loader.epoch(0))
-    assert loader.skipped == 2
-    assert any("unreadable" in str(w.message) for w in caught)
+        list(loader.epoch(1))
+    assert loader.skipped == 4  # two per epoch
+    # One warning per unreadable file, naming it, once for the whole run (not once per epoch).
+    warned = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warned) == 2 and any("notes.txt" in m for m in warned) and any("broken.png" in m for m in warned)
     assert all(x.shape[1:] == (3, 32, 32) for x, _ in batches)
     assert sum(len(y) for _, y in batches) == 12  # two batches of 7 cover all 14; 2 skipped
     # Evaluation: resize + center crop, deterministic, every readable image once.

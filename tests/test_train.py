@@ -13,7 +13,8 @@ from fakedata import idx_bytes, pattern_images, write_image_folder, write_mnist
 import resnetkit
 from resnetkit.config import make_config
 from resnetkit.errors import UserError
-from resnetkit.train import init_from, lr_factor, read_metrics, train, update_ema
+from resnetkit.rundir import read_metrics
+from resnetkit.train import init_from, lr_factor, train, update_ema
 
 
 def cli(*args, check=False):

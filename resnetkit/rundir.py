@@ -1,0 +1,96 @@
+"""A training run's output folder, and the progress a person watches while it fills.
+
+    OUT/config.yaml        resolved settings            OUT/checkpoint.pt    state for --resume
+    OUT/metrics.jsonl      one row per log step/epoch   OUT/model.safetensors  final weights
+    OUT/events.out.tfevents.*  TensorBoard              OUT/summary.json, OUT/curves.png
+
+Every write goes through ``RunDir``, whose methods do nothing on ranks other than 0, so the
+same loop can run under torchrun. Files that must survive a crash are written atomically;
+metrics.jsonl is append-only, and a line torn by a crash is skipped when read back.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from torch import nn
+from tqdm import tqdm
+
+from .checkpoint import atomic_write_text, save_checkpoint, save_weights
+from .config import TrainConfig, to_yaml
+from .plots import plot_curves
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line torn by a crash mid-append
+    return rows
+
+
+def progress_bar(total: int, epoch: int, epochs: int, done: int = 0) -> tqdm:
+    """One bar per epoch (tqdm): steps, loss, accuracy and img/s in its postfix. Silent unless
+    stderr is a terminal, so logs and CI stay clean."""
+    return tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
+                disable=not sys.stderr.isatty(), leave=True, dynamic_ncols=True)
+
+
+class RunDir:
+    """The output folder. Every write goes through here; on ranks other than 0 nothing is written."""
+
+    def __init__(self, out: str | Path, enabled: bool, tensorboard: bool = True) -> None:
+        self.path, self.enabled = Path(out), enabled
+        self.tb = None
+        if enabled:
+            self.path.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                # Imported here: TensorBoard takes a second to import and is optional (--no-tensorboard).
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.path))
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    def write_config(self, cfg: TrainConfig) -> None:
+        if self.enabled:
+            atomic_write_text(self.path / "config.yaml", to_yaml(cfg))
+
+    def log(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path / "metrics.jsonl", "a") as f:  # append-only; a torn last line is skipped
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if k not in ("epoch", "step") and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, row["step"])
+
+    def metrics(self) -> list[dict]:
+        path = self.path / "metrics.jsonl"
+        return read_metrics(path) if self.enabled and path.exists() else []
+
+    def truncate_log(self, step: int) -> None:
+        """On resume, drop rows logged after the checkpoint we restart from (a fresh run: all)."""
+        if self.enabled and (self.path / "metrics.jsonl").exists():
+            rows = [r for r in self.metrics() if r["step"] <= step]
+            atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+    def checkpoint(self, state: dict) -> None:
+        if self.enabled:
+            save_checkpoint(self.checkpoint_path, state)
+
+    def finish(self, model: nn.Module, meta: dict, summary: dict, rows: list[dict]) -> None:
+        if not self.enabled:
+            return
+        save_weights(self.path / "model.safetensors", model, meta)
+        atomic_write_text(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+        plot_curves(rows, self.path / "curves.png", title=f"{summary['model']} on {summary['dataset']}")
+        if self.tb is not None:
+            self.tb.close()

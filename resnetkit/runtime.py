@@ -1,0 +1,57 @@
+"""Where and how a run executes: the device, autocast, the process's rank, and the RNG state.
+
+torchrun announces a distributed launch through RANK / WORLD_SIZE / LOCAL_RANK; without them
+this is process 0 of 1. The RNG helpers capture and restore every generator the trainer draws
+from (torch, CUDA, Python's ``random``), which is what makes a resumed run continue bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+
+import torch
+
+from .errors import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when there is one; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for ``precision="bf16"``, nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) from the environment torchrun sets; (0, 1) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    random.seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]  # a checkpoint stores the tuple as lists
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
