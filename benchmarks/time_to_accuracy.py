@@ -1,12 +1,12 @@
 """Time to accuracy: the default ("fast") recipe on Fashion-MNIST, test accuracy against training time.
 
-    .venv/bin/python benchmarks/time_to_accuracy.py --epochs 16 --out benchmarks/results/tta-r20-16ep
+    .venv/bin/python benchmarks/time_to_accuracy.py --epochs 16 --out benchmarks/results/time-to-acc-r20-16ep
     .venv/bin/python benchmarks/time_to_accuracy.py --epochs 15 --set ema=0.998 --out ...
 
 Trains with `resnetkit.train.train` (the real trainer) and prints, per epoch, the test accuracy
 and the cumulative training time (evaluation excluded), then the first time each target was
 reached. Per-epoch evaluations use no test-time flips; the final one uses them when the
-recipe does (as `resnetkit train` reports). Writes the table to OUT/tta.json as well.
+recipe does (as `resnetkit train` reports). Writes the table to OUT/time_to_accuracy.json as well.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="resnet20")
     p.add_argument("--epochs", type=int, default=16)
-    p.add_argument("--out", default="benchmarks/results/tta")
+    p.add_argument("--out", default="benchmarks/results/time-to-acc")
     p.add_argument("--targets", type=float, nargs="+", default=[0.93, 0.94, 0.95])
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="recipe overrides, as in the YAML config (e.g. ema=0.998 erase=0.5)")
@@ -52,7 +52,7 @@ def main() -> None:
                                               else "not reached"))
     print(f"final (with the recipe's test-time flips): {100 * summary['test_accuracy']:.2f}% after "
           f"{summary['train_time_sec']:.0f} s of training")
-    atomic_write_text(Path(args.out) / "tta.json", json.dumps(
+    atomic_write_text(Path(args.out) / "time_to_accuracy.json", json.dumps(
         {"model": args.model, "epochs": args.epochs, "overrides": overrides, "curve": [
             {"epoch": r["epoch"], "train_time": r["train_time"], "test_accuracy": 1 - r["test_error"]}
             for r in epochs], "time_to": reached, "final_accuracy": summary["test_accuracy"],

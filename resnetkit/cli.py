@@ -15,7 +15,7 @@ import logging
 import sys
 
 from . import __version__, draw, evaluate, experiments, report, train
-from .config import add_model_args, model_kwargs
+from .config import add_model_args, check_model, model_kwargs
 from .errors import UserError
 from .registry import create_model, list_models
 from .summary import summary
@@ -26,7 +26,9 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
-    model = create_model(args.model, **model_kwargs(vars(args)))
+    kwargs = model_kwargs(vars(args))
+    check_model(args.model, kwargs)  # bad arguments: a one-line error, not a traceback
+    model = create_model(args.model, **kwargs)
     size = tuple(args.input_size) if args.input_size else model.default_input_size
     if args.in_chans is not None and not args.input_size:
         size = (args.in_chans, *size[1:])

@@ -264,7 +264,8 @@ def load_arrays(name: str, data_dir: str | Path | None, train: bool) -> ArrayDat
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images, on the 0..1 scale."""
     x = images.double().div_(255).transpose(0, 1).reshape(images.shape[1], -1)
-    return x.mean(1).tolist(), x.std(1).tolist()
+    # A channel that never varies would be divided by zero: floor its spread at one grey level.
+    return x.mean(1).tolist(), x.std(1).clamp(min=1 / 255).tolist()
 
 
 def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:

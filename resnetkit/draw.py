@@ -3,15 +3,15 @@
     resnetkit draw resnet50 -o resnet50.svg                          # every layer, top to bottom
     resnetkit draw resnet50 --style compact -o resnet50-compact.svg  # one box per block, totals
     resnetkit draw resnet20 --shortcut C --direction horizontal -o resnet20.html
+    resnetkit draw resnet20 --widths 32 64 128 --blocks 1 1 1 -o resnet8-wide.svg
+    resnetkit draw runs/train/model.safetensors -o trained.svg       # the network a file rebuilds
 
     >>> from resnetkit import create_model, draw
     >>> svg = draw.draw_svg(create_model("resnet20"), style="compact")
 
-Nothing here knows an architecture by name. ``trace`` hooks every leaf module and every block,
-runs the one forward pass that ``summary()`` makes anyway, and reads off what happened: the
-layers in the order they ran, their output shapes, where each shortcut leaves the main path (a
-pre-activation projection reads the block's normalised input, not the input itself) and which
-layers run after the addition (they read a tensor that no traced layer produced: the sum).
+This module only lays things out and renders them. What to draw comes from
+``architecture.trace``, which runs the model once and returns its stem, stages, blocks and
+layers as plain dataclasses; nothing here looks inside a model.
 
 The SVG is built as plain strings. Every label is a real ``<text>`` (searchable, selectable), and
 every drawn thing carries classes a script can count: ``<g class="layer conv" data-name=...>``
@@ -25,204 +25,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
-import torch
 from torch import nn
 
-from .blocks import DropPath, ZeroPadShortcut
-from .config import add_model_args, model_kwargs
+from .architecture import Architecture, Block, Layer, trace
+from .checkpoint import atomic_write_text, read_metadata
+from .config import add_model_args, check_model, flag, model_kwargs
 from .errors import UserError
-from .registry import create_model
-from .summary import Summary, summary
 
 STYLES = ("compact", "detailed")
 DIRECTIONS = ("vertical", "horizontal")
-
-# --------------------------------------------------------------------------------------------
-# What the model did: a trace of one forward pass.
-
-
-@dataclass
-class Layer:
-    name: str  # module name, e.g. "layer1.0.conv1"
-    kind: str  # conv, bn, relu, maxpool, avgpool, fc, droppath or other
-    label: str  # what its box says, e.g. "3x3 conv, 64, /2"
-    shape: tuple[int, ...]  # output shape without the batch dimension
-
-
-@dataclass
-class Block:
-    name: str  # "layer1.0"
-    type: str  # the block's class name
-    shortcut: str  # "identity", "zeropad" (option A), "projection" or "none" (plain network)
-    branch: list[Layer]  # the residual branch F(x), in the order it ran
-    projection: list[Layer]  # the layers on a projection shortcut
-    split: int  # the shortcut leaves the main path just before branch[split]
-    after_add: list[Layer]  # what runs on the sum (the ReLU of post-activation blocks)
-    shape: tuple[int, ...]
-    in_shape: tuple[int, ...]
-
-
-@dataclass
-class Stage:
-    name: str
-    blocks: list[Block]
-
-
-@dataclass
-class Architecture:
-    name: str
-    input_size: tuple[int, ...]  # C, H, W
-    stem: list[Layer]
-    stages: list[Stage]
-    head: list[Layer]
-    totals: Summary
-
-
-def _describe(module: nn.Module) -> tuple[str, str]:
-    """(kind, label) of one leaf module, in the paper's notation where it has one."""
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        label = f"{kh}x{kw} conv, {module.out_channels}"
-        if module.stride[0] > 1:
-            label += f", /{module.stride[0]}"
-        if module.groups > 1:
-            label += f", {module.groups} groups"
-        return "conv", label
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return "bn", "BN"
-    if isinstance(module, (nn.GroupNorm, nn.LayerNorm)):
-        return "bn", type(module).__name__
-    if isinstance(module, nn.ReLU):
-        return "relu", "ReLU"
-    if isinstance(module, nn.MaxPool2d):
-        k, s = module.kernel_size, module.stride
-        k, s = (k if isinstance(k, int) else k[0]), (s if isinstance(s, int) else s[0])
-        return "maxpool", f"{k}x{k} max pool" + (f", /{s}" if s > 1 else "")
-    if isinstance(module, nn.AdaptiveAvgPool2d):
-        size = module.output_size
-        glob = size in (1, (1, 1))
-        return "avgpool", "global avg pool" if glob else f"adaptive avg pool {size}"
-    if isinstance(module, nn.Linear):
-        return "fc", f"fc {module.out_features}"
-    if isinstance(module, DropPath):
-        return "droppath", f"drop path {module.p:g}"
-    return "other", type(module).__name__
-
-
-def _shortcut_kind(block: nn.Module) -> str:
-    if not getattr(block, "has_shortcut", True):
-        return "none"
-    ds = getattr(block, "downsample", None)
-    if ds is None:
-        return "identity"
-    return "zeropad" if isinstance(ds, ZeroPadShortcut) else "projection"
-
-
-def _build_block(name: str, module: nn.Module, in_id: int, events: list, names: dict,
-                 in_shape: tuple[int, ...], shape: tuple[int, ...]) -> Block:
-    kind = _shortcut_kind(module)
-    ds = getattr(module, "downsample", None)
-    on_shortcut = set(ds.modules()) if ds is not None else set()
-    made = {in_id: 0}  # tensor id -> how many branch layers had run when it appeared
-    branch: list[Layer] = []
-    projection: list[Layer] = []
-    after: list[Layer] = []
-    split, seen_shortcut = 0, False
-    for m, src, dst, out_shape in events:
-        layer = Layer(names[m], *_describe(m), out_shape)
-        if m in on_shortcut:
-            if not seen_shortcut:  # where the shortcut reads from
-                split, seen_shortcut = made.get(src, 0), True
-            if kind == "projection":
-                projection.append(layer)
-        elif after or src not in made:  # reads a tensor no traced layer made: the sum
-            after.append(layer)
-        else:
-            branch.append(layer)
-            made[dst] = len(branch)
-    return Block(name, type(module).__name__, kind, branch, projection, split, after, shape, in_shape)
-
-
-def trace(model: nn.Module, input_size: Sequence[int] | None = None) -> Architecture:
-    """Run one forward pass (the one ``summary()`` makes) with hooks and read the structure.
-
-    ``input_size`` is (C, H, W); default ``model.default_input_size``. Works on the meta device.
-    """
-    if not callable(getattr(model, "stages", None)):
-        raise UserError(f"can only draw resnetkit ResNets, not {type(model).__name__}")
-    size = tuple(int(s) for s in (input_size or model.default_input_size))
-    if len(size) != 3 or min(size) < 1:
-        raise UserError(f"input size must be three positive numbers C H W, got {size}")
-    names = {m: n for n, m in model.named_modules()}
-    stages = [(names[s], list(s)) for s in model.stages()]
-    block_names = {b: names[b] for _, blocks in stages for b in blocks}
-
-    events: list[tuple] = []
-    live: list[torch.Tensor] = []  # keeps one block's tensors alive so their id()s stay unique
-
-    def on_layer(module: nn.Module, inputs: tuple, output: object) -> None:
-        if isinstance(output, torch.Tensor):
-            live.append(output)
-            src = id(inputs[0]) if inputs else None
-            events.append(("layer", module, src, id(output), tuple(output.shape[1:])))
-
-    def on_enter(module: nn.Module, inputs: tuple) -> None:
-        live.clear()
-        live.append(inputs[0])
-        events.append(("enter", module, id(inputs[0]), tuple(inputs[0].shape[1:])))
-
-    def on_exit(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        events.append(("exit", module, tuple(output.shape[1:])))
-
-    handles = []
-    for m in names:
-        if m in block_names:
-            handles.append(m.register_forward_pre_hook(on_enter))
-            handles.append(m.register_forward_hook(on_exit))
-        elif next(m.children(), None) is None and not isinstance(m, nn.Identity):
-            handles.append(m.register_forward_hook(on_layer))
-    try:
-        totals = summary(model, (1, *size))
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"forward pass failed for input {'x'.join(map(str, size))}: {first}") from e
-    finally:
-        for h in handles:
-            h.remove()
-        live.clear()
-
-    stem: list[Layer] = []
-    head: list[Layer] = []
-    built: dict[nn.Module, Block] = {}
-    inside: list | None = None
-    entered: tuple = ()
-    for ev in events:
-        if ev[0] == "enter":
-            inside, entered = [], ev
-        elif ev[0] == "exit":
-            _, module, in_id, in_shape = entered
-            built[module] = _build_block(block_names[module], module, in_id, inside, names, in_shape,
-                                         ev[2])
-            inside = None
-        elif inside is not None:
-            inside.append(ev[1:])
-        else:
-            layer = Layer(names[ev[1]], *_describe(ev[1]), ev[4])
-            (head if built else stem).append(layer)
-    return Architecture(
-        name=getattr(model, "model_name", type(model).__name__),
-        input_size=size,
-        stem=stem,
-        stages=[Stage(n, [built[b] for b in blocks]) for n, blocks in stages],
-        head=head,
-        totals=totals,
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -930,7 +746,7 @@ def save(model: nn.Module, path: str | os.PathLike, style: str | None = None,
          direction: str = "vertical", input_size: Sequence[int] | None = None) -> Path:
     """Write ``path`` (.svg: one style, default detailed; .html: both, ``style`` shown first).
 
-    The file appears whole or not at all: written to a temporary file beside it, synced, renamed.
+    The file appears whole or not at all, with the usual permissions (``atomic_write_text``).
     """
     path = Path(path)
     ext = path.suffix.lower()
@@ -940,20 +756,7 @@ def save(model: nn.Module, path: str | os.PathLike, style: str | None = None,
         text = draw_svg(model, style or "detailed", direction, input_size)
     else:
         text = draw_html(model, style or "compact", direction, input_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0)  # mkstemp makes the file private; give it the usual permissions
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
     return path
 
 
@@ -961,10 +764,25 @@ def save(model: nn.Module, path: str | os.PathLike, style: str | None = None,
 # Command line: `resnetkit draw`.
 
 
+def _model_from_weights(path: Path, kwargs: dict) -> nn.Module:
+    """The network a ``save_weights`` file rebuilds, from its metadata alone (no weights read)."""
+    if kwargs:  # the file says how its network was built; a flag that changes it draws another one
+        flags = ", ".join(flag(k) for k in kwargs)
+        raise UserError(f"{flags}: model options cannot be combined with a weights file ({path.name})")
+    meta = read_metadata(path)
+    if not meta.get("model_name"):
+        raise UserError(f"{path} has no model_name metadata: not written by resnetkit")
+    return check_model(meta["model_name"], meta.get("model_args") or {})
+
+
 def cmd_draw(args: argparse.Namespace) -> None:
-    # Only the structure and the shapes are needed: build on the meta device, allocate nothing.
-    with torch.device("meta"):
-        model = create_model(args.model, **model_kwargs(vars(args)))
+    # Only the structure and the shapes are needed: check_model builds on the meta device,
+    # allocates nothing, and turns impossible arguments (3 widths for 4 stages) into one line.
+    kwargs = model_kwargs(vars(args))
+    if args.model.endswith(".safetensors"):  # no registered name does: a missing file says so
+        model = _model_from_weights(Path(args.model), kwargs)
+    else:
+        model = check_model(args.model, kwargs)
     path = save(model, args.output, args.style, args.direction, args.input_size)
     print(f"wrote {path}")
 
@@ -973,7 +791,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     """Register `resnetkit draw` on the command line's subparsers."""
     p = sub.add_parser("draw", help="architecture diagram of a model (SVG, or HTML with both styles)",
                        description="Draw a model's architecture from the model itself.")
-    p.add_argument("model")
+    p.add_argument("model", help="registered model name (`resnetkit list`), or a model.safetensors "
+                                 "written by resnetkit: its network, rebuilt from the file's metadata")
     p.add_argument("--style", choices=STYLES, default=None,
                    help="detailed: every layer and shortcut; compact: one box per block "
                         "(default: detailed for .svg; for .html the one shown first, compact)")

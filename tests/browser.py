@@ -1,36 +1,37 @@
-"""A small W3C WebDriver client for headless Chromium, spoken over HTTP with urllib.
+"""Headless Chromium for the browser tests, driven by selenium.
 
-Debian's ``chromium`` and ``chromium-driver`` are all it needs (``make browser`` installs them):
-no selenium, no downloads. Each ``Browser`` starts its own chromedriver on a free port and a
-Chromium with a fresh profile, and removes both on ``close()``.
+Debian's ``chromium`` and ``chromium-driver`` (``make browser`` installs them) and the ``selenium``
+package (in the dev extras) are all it needs. The tests run with the network closed, so nothing
+may be downloaded: naming chromedriver's path in the ``Service`` makes selenium skip Selenium
+Manager (which would otherwise look for a matching driver online), and ``SE_OFFLINE`` keeps it
+offline should it run anyway. Each session gets a fresh Chromium profile, removed afterwards.
 
-    with Browser() as b:
-        b.get(Path("page.html").resolve().as_uri())
-        b.click(b.find("#show-detailed"))
-        png = b.screenshot()
+    with chromium(width=1280, height=900) as driver:
+        driver.get(Path("page.html").resolve().as_uri())
+        driver.find_element(By.CSS_SELECTOR, "#show-detailed").click()
+        png = driver.get_screenshot_as_png()
 """
 
 from __future__ import annotations
 
-import base64
-import json
+import importlib.util
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import tempfile
-import time
-import urllib.error
-import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C key of an element reference
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--disable-quic", "--hide-scrollbars"]
+TIMEOUT = 60  # s: a page load or a script that takes longer than this is a failure, not a wait
 
 
 def missing() -> str | None:
@@ -38,112 +39,36 @@ def missing() -> str | None:
     for exe in (CHROMIUM, CHROMEDRIVER):
         if not exe.exists():
             return f"{exe} not installed (`make browser` installs chromium and chromium-driver)"
+    if importlib.util.find_spec("selenium") is None:
+        return "selenium not installed (it is in the dev extras: pip install -e '.[dev]')"
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@contextmanager
+def chromium(width: int = 1280, height: int = 900) -> Iterator[WebDriver]:
+    """A selenium ``WebDriver`` on a headless Chromium with a ``width`` x ``height`` window.
 
+    Imported here rather than at the top, so that test modules still import (and their other
+    tests run) where selenium is not installed; ``missing()`` says why the browser tests skip.
+    """
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
 
-class WebDriverError(RuntimeError):
-    pass
-
-
-class Browser:
-    def __init__(self, width: int = 1280, height: int = 900, timeout: float = 60.0) -> None:
-        self.timeout = timeout
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.profile = tempfile.mkdtemp(prefix="resnetkit-chromium-")
-        self.session: str | None = None
-        # Its own process group, so close() can end the driver and the browser it started.
-        self.driver = subprocess.Popen([str(CHROMEDRIVER), f"--port={self.port}"],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                       start_new_session=True)
+    os.environ["SE_OFFLINE"] = "true"
+    profile = tempfile.mkdtemp(prefix="resnetkit-chromium-")
+    try:
+        options = webdriver.ChromeOptions()
+        options.binary_location = str(CHROMIUM)
+        for arg in [*ARGS, f"--window-size={width},{height}", f"--user-data-dir={profile}"]:
+            options.add_argument(arg)
+        # chromedriver listens on localhost: an http_proxy in the environment must not reroute that.
+        options.ignore_local_proxy_environment_variables()
+        driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
         try:
-            self._wait_ready()
-            options = {"binary": str(CHROMIUM),
-                       "args": [*ARGS, f"--window-size={width},{height}",
-                                f"--user-data-dir={self.profile}"]}
-            caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome",
-                                                     "goog:chromeOptions": options}}}
-            self.session = self._call("POST", "/session", caps)["sessionId"]
-        except BaseException:
-            self.close()
-            raise
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            if self.driver.poll() is not None:
-                raise WebDriverError(f"chromedriver exited with code {self.driver.returncode}")
-            try:
-                if self._call("GET", "/status").get("ready"):
-                    return
-            except (OSError, WebDriverError):
-                pass
-            time.sleep(0.1)
-        raise WebDriverError("chromedriver did not become ready")
-
-    def _call(self, method: str, path: str, body: dict | None = None):
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                return json.loads(r.read() or b"{}").get("value")
-        except urllib.error.HTTPError as e:
-            try:
-                value = json.loads(e.read()).get("value", {})
-                msg = f"{value.get('error')}: {value.get('message', '').splitlines()[0]}"
-            except (ValueError, AttributeError, IndexError):
-                msg = str(e)
-            raise WebDriverError(f"{method} {path}: {msg}") from None
-
-    def _s(self, path: str) -> str:
-        return f"/session/{self.session}{path}"
-
-    def get(self, url: str) -> None:
-        self._call("POST", self._s("/url"), {"url": url})
-
-    def find(self, css: str) -> str:
-        """The element reference of the first match of ``css``."""
-        return self._call("POST", self._s("/element"), {"using": "css selector", "value": css})[ELEMENT]
-
-    def click(self, element: str) -> None:
-        self._call("POST", self._s(f"/element/{element}/click"), {})
-
-    def execute(self, script: str, *args):
-        """Run ``script`` (a function body: use ``return``) in the page; JSON in, JSON out."""
-        return self._call("POST", self._s("/execute/sync"), {"script": script, "args": list(args)})
-
-    def screenshot(self) -> bytes:
-        """The viewport as PNG bytes."""
-        return base64.b64decode(self._call("GET", self._s("/screenshot")))
-
-    def close(self) -> None:
-        if self.session is not None:
-            try:
-                self._call("DELETE", self._s(""))
-            except (OSError, WebDriverError):
-                pass
-            self.session = None
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.driver.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.driver.wait(timeout=10)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        shutil.rmtree(self.profile, ignore_errors=True)
-
-    def __enter__(self) -> Browser:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+            driver.set_page_load_timeout(TIMEOUT)
+            driver.set_script_timeout(TIMEOUT)
+            yield driver
+        finally:
+            driver.quit()  # ends the session (and with it Chromium), then stops chromedriver
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)

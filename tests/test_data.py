@@ -234,3 +234,26 @@ def test_image_folder_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no class sub-folders"):
         data.ImageFolder(tmp_path / "empty", train=True)
+
+
+def test_normalisation_is_an_explicit_recorded_choice(tmp_path):
+    from PIL import Image
+
+    from resnetkit.config import make_config
+
+    # 5,001 solid red images: more than the 5,000 past which RGB folders once switched silently
+    # to ImageNet's statistics. "dataset" (the default) computes them from the images.
+    red = Image.fromarray(np.full((4, 4, 3), (255, 0, 0), np.uint8))
+    for split, n in (("train", 5001), ("val", 2)):
+        folder = tmp_path / split / "red"
+        folder.mkdir(parents=True)
+        for i in range(n):
+            red.save(folder / f"{i}.png")
+    base = {"data": "folder", "data_dir": str(tmp_path), "image_size": 8, "workers": 0}
+    loaders = data.build_loaders(make_config(base), torch.device("cpu"))
+    assert loaders.mean == pytest.approx([1.0, 0.0, 0.0]) and loaders.std == pytest.approx([1 / 255] * 3)
+    named = data.build_loaders(make_config({**base, "normalize": "imagenet"}), torch.device("cpu"))
+    assert (named.mean, named.std) == (data.IMAGENET_MEAN, data.IMAGENET_STD)
+    assert make_config({"recipe": "paper-imagenet"}).normalize == "imagenet"  # the recipe names it
+    with pytest.raises(UserError, match="--normalize must be one of dataset, imagenet"):
+        make_config({"normalize": "cifar"})

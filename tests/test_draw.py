@@ -18,14 +18,15 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 
 import resnetkit
-from resnetkit import cli, draw
+from resnetkit import checkpoint, cli, draw
 from resnetkit.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).parent))
-import browser  # noqa: E402  (tests/browser.py, the WebDriver client)
+import browser  # noqa: E402  (tests/browser.py: headless Chromium through selenium)
 
 ROOT = Path(__file__).resolve().parents[1]
 SVG = "{http://www.w3.org/2000/svg}"
@@ -302,6 +303,68 @@ def test_cli_draw(tmp_path):
     assert "input 3x16x16" in (tmp_path / "c.html").read_text()
 
 
+def _assert_wide_resnet8(root: ET.Element) -> None:
+    """resnet20 with widths 32, 64, 128 and one basic block per stage: 6n+2 = 8 weighted layers
+    for n = 1, the stem conv at 32 channels, and option A padding where the width doubles."""
+    assert root.get("data-model") == "resnet20"
+    assert [len(every(s, "block")) for s in every(root, "stage")] == [1, 1, 1]
+    blocks = every(root, "block")
+    assert [b.get("data-shape") for b in blocks] == ["32x32x32", "64x16x16", "128x8x8"]
+    convs = every(root, "layer", "conv")
+    assert len(convs) == 7 and len(convs) + len(every(root, "layer", "fc")) == 8
+    for block in blocks:
+        assert len(every(block, "layer", "conv")) == 2
+    words = texts(root)
+    assert words.count("3x3 conv, 32") == 3  # the stem and both convs of the first block
+    assert words.count("3x3 conv, 64, /2") == words.count("3x3 conv, 128, /2") == 1
+    assert words.count("3x3 conv, 64") == words.count("3x3 conv, 128") == 1
+    assert {"zero-pad +32 ch, /2", "zero-pad +64 ch, /2"} <= set(words)
+    with torch.device("meta"):
+        model = resnetkit.create_model("resnet20", widths=[32, 64, 128], blocks=[1, 1, 1])
+    assert f"parameters: {sum(p.numel() for p in model.parameters()):,}" in texts(every(root, "totals")[0])
+
+
+def test_cli_draw_custom_widths_and_blocks(tmp_path, capsys):
+    out = tmp_path / "w.svg"
+    assert cli.main(["draw", "resnet20", "--widths", "32", "64", "128", "--blocks", "1", "1", "1",
+                     "-o", str(out)]) == 0
+    _assert_wide_resnet8(ET.parse(out).getroot())
+    # Impossible settings are bad input: one line, no traceback, no file.
+    capsys.readouterr()
+    assert cli.main(["draw", "resnet20", "--widths", "32", "64", "-o", str(tmp_path / "bad.svg")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "width" in err
+    assert not (tmp_path / "bad.svg").exists()
+
+
+def test_cli_draws_the_network_a_weights_file_rebuilds(tmp_path, capsys, monkeypatch):
+    weights = tmp_path / "model.safetensors"
+    checkpoint.save_weights(weights, resnetkit.create_model("resnet20", widths=[32, 64, 128], blocks=[1, 1, 1]))
+
+    # Built from the metadata on the meta device: the weights themselves are never read.
+    def no_weights(*args, **kwargs):
+        raise AssertionError("draw read the weights")
+
+    for module in (safetensors.torch, checkpoint):  # checkpoint.py holds its own reference
+        monkeypatch.setattr(module, "load_file", no_weights)
+    monkeypatch.setattr(torch, "load", no_weights)
+    out = tmp_path / "from-file.svg"
+    assert cli.main(["draw", str(weights), "-o", str(out)]) == 0
+    _assert_wide_resnet8(ET.parse(out).getroot())
+    html = tmp_path / "from-file.html"
+    assert cli.main(["draw", str(weights), "-o", str(html)]) == 0
+    svgs = [ET.fromstring(x) for x in re.findall(r"<svg.*?</svg>", html.read_text(), re.S)]
+    assert [len(every(x, "block")) for x in svgs] == [3, 3]  # compact and detailed: 3 blocks each
+    # A missing file, or flags that would draw another network, are one-line errors.
+    capsys.readouterr()
+    for argv, words in [([str(tmp_path / "missing.safetensors")], "not found"),
+                        ([str(weights), "--blocks", "2", "2", "2"], "--blocks")]:
+        assert cli.main(["draw", *argv, "-o", str(tmp_path / "bad.svg")]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and words in err, err
+    assert not (tmp_path / "bad.svg").exists()
+
+
 # --------------------------------------------------------------------------------------------
 # A real browser: the page loads offline, the toggle works, something is drawn.
 
@@ -324,22 +387,27 @@ def test_html_toggle_in_headless_chromium(tmp_path):
     page = draw.save(meta("resnet50"), tmp_path / "resnet50.html")
     shown = ("return ['compact', 'detailed'].map("
              "n => getComputedStyle(document.getElementById('diagram-' + n)).display)")
-    with browser.Browser(width=1280, height=900) as b:
-        b.get(page.as_uri())
-        assert b.execute(shown) == ["block", "none"]
-        compact = b.screenshot()
-        b.click(b.find("#show-detailed"))
-        assert b.execute(shown) == ["none", "block"]
-        assert b.execute("return document.getElementById('show-detailed').getAttribute('aria-pressed')") == "true"
-        assert b.execute("return document.querySelectorAll('#diagram-detailed .layer.conv').length") == 53
+    from selenium.webdriver.common.by import By
+
+    with browser.chromium(width=1280, height=900) as driver:
+        driver.get(page.as_uri())
+        assert driver.execute_script(shown) == ["block", "none"]
+        compact = driver.get_screenshot_as_png()
+        driver.find_element(By.CSS_SELECTOR, "#show-detailed").click()
+        assert driver.execute_script(shown) == ["none", "block"]
+        assert driver.execute_script(
+            "return document.getElementById('show-detailed').getAttribute('aria-pressed')") == "true"
+        assert driver.execute_script(
+            "return document.querySelectorAll('#diagram-detailed .layer.conv').length") == 53
         # Drawn at full size, not fitted to the window: the page scrolls.
-        height = b.execute("return document.querySelector('#diagram-detailed svg').getBoundingClientRect().height")
+        height = driver.execute_script(
+            "return document.querySelector('#diagram-detailed svg').getBoundingClientRect().height")
         assert height > 5000
-        assert b.execute("return document.querySelector('#diagram-detailed svg').textContent"
-                         ".includes('7x7 conv, 64, /2')")
-        detailed = b.screenshot()
-        b.click(b.find("#show-compact"))
-        assert b.execute(shown) == ["block", "none"]
+        assert driver.execute_script("return document.querySelector('#diagram-detailed svg').textContent"
+                                     ".includes('7x7 conv, 64, /2')")
+        detailed = driver.get_screenshot_as_png()
+        driver.find_element(By.CSS_SELECTOR, "#show-compact").click()
+        assert driver.execute_script(shown) == ["block", "none"]
     _assert_drawn(compact)
     _assert_drawn(detailed)
     assert compact != detailed

@@ -2,15 +2,17 @@
 the paper's and the CIFAR reference counts, and a functional re-implementation of
 torchvision's forward pass."""
 
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REFERENCE, SHARED_REFERENCE
 
 import resnetkit
-from resnetkit.blocks import ZeroPadShortcut
+from resnetkit.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, ZeroPadShortcut
 
 IMAGENET = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
             "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]
@@ -312,3 +314,44 @@ def test_cli_list_filters():
     run = subprocess.run([sys.executable, "-m", "resnetkit.cli", "list", "plain*"],
                          capture_output=True, text=True, check=True)
     assert run.stdout.split() == sorted(PLAIN)
+
+
+def test_reference_copy_matches_the_shared_originals():
+    shared = SHARED_REFERENCE
+    if not shared.is_dir():
+        pytest.skip("no ../shared/reference beside this clone: the copy in tests/reference is used alone")
+    for name in ("torchvision_resnets.json", "anchors.json"):
+        assert (REFERENCE / name).read_bytes() == (shared / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("name", IMAGENET + CIFAR + PLAIN)
+def test_depth_is_the_paper_count_of_weighted_layers(name):
+    # The number in the name is the paper's count (stem conv + main-path convs + fc).
+    assert meta_model(name).depth == int(re.search(r"\d+", name).group())
+
+
+def test_custom_widths_and_blocks_per_stage():
+    m = resnetkit.create_model("resnet20", widths=[32, 64, 128], blocks=[1, 1, 1], in_chans=1)
+    s = resnetkit.summary(m, (1, 1, 28, 28))
+    assert m.depth == s.weighted_layers == 8  # stem + 3 blocks x 2 convs + fc
+    assert [len(st) for st in m.stages()] == [1, 1, 1]
+    assert m.layer3[0].conv2.weight.shape == (128, 128, 3, 3) and m.fc.in_features == 128
+    # Option A (the CIFAR default) keeps the parameter count of the plain twin.
+    plain = resnetkit.create_model("plain20", widths=[32, 64, 128], blocks=[1, 1, 1], in_chans=1)
+    assert s.params == sum(p.numel() for p in plain.parameters())
+    assert meta_model("resnet18", blocks=[1, 1, 1, 1]).depth == 10
+    with pytest.raises(ValueError, match="one width per stage"):
+        resnetkit.create_model("resnet20", widths=[16, 32])
+
+
+def test_blocks_take_only_the_arguments_they_use():
+    with pytest.raises(ValueError, match="PreActBasicBlock only supports groups=1"):
+        PreActBasicBlock(64, 64, groups=2)
+    with pytest.raises(ValueError, match="^BasicBlock only supports groups=1"):
+        BasicBlock(64, 64, base_width=128)
+    for cls in (BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck):
+        with pytest.raises(TypeError, match="version"):
+            cls(64, 16, version="1")
+    # Where to stride is a bottleneck's choice only: v1 strides the first 1x1, v1.5 the 3x3.
+    v1, v15 = Bottleneck(64, 16, 2, stride_in_1x1=True), Bottleneck(64, 16, 2)
+    assert (v1.conv1.stride, v1.conv2.stride, v15.conv1.stride, v15.conv2.stride) == ((2, 2), (1, 1), (1, 1), (2, 2))

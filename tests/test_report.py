@@ -30,7 +30,7 @@ from resnetkit.errors import UserError
 from resnetkit.train import train
 
 sys.path.insert(0, str(Path(__file__).parent))
-import browser  # noqa: E402  (tests/browser.py, the WebDriver client)
+import browser  # noqa: E402  (tests/browser.py: headless Chromium through selenium)
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = 48
@@ -303,14 +303,16 @@ def _assert_drawn(png: bytes) -> None:
     assert len(colors) > 50  # text, figures and fills, not a flat or blank page
 
 
-def _check_in_browser(b: "browser.Browser", path: Path, expected_images: int) -> bytes:
-    b.get(path.resolve().as_uri())
-    sizes = b.execute("return Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
+def _check_in_browser(driver, path: Path, expected_images: int) -> bytes:
+    """Open ``path`` in ``driver`` (a selenium WebDriver from ``browser.chromium``): every image
+    loaded, nothing wider than the window; returns the screenshot."""
+    driver.get(path.resolve().as_uri())
+    sizes = driver.execute_script("return Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
     assert len(sizes) == expected_images
     assert all(done and width > 0 for done, width in sizes)
     # Laid out for the window: nothing forces a horizontal scroll bar.
-    assert b.execute("return document.documentElement.scrollWidth <= window.innerWidth")
-    png = b.screenshot()
+    assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+    png = driver.get_screenshot_as_png()
     _assert_drawn(png)
     return png
 
@@ -322,14 +324,14 @@ def test_reports_in_headless_chromium(run_dir, run_page, experiment_dir, tmp_pat
     run_html.write_text(run_page)
     exp_html = report.write_report(experiment_dir, tmp_path / "experiment.html")
     n_runs = len(json.loads((experiment_dir / "results.json").read_text())["runs"])
-    with browser.Browser(width=1280, height=1000) as b:
-        run_top = _check_in_browser(b, run_html, 1 + GRID)  # curves + the grid
-        assert b.execute("return document.querySelectorAll('figure.mistake').length") == \
+    with browser.chromium(width=1280, height=1000) as driver:
+        run_top = _check_in_browser(driver, run_html, 1 + GRID)  # curves + the grid
+        assert driver.execute_script("return document.querySelectorAll('figure.mistake').length") == \
             run_page.count('class="sample mistake"')
-        b.execute("document.getElementById('samples').scrollIntoView()")
-        run_grid = b.screenshot()
+        driver.execute_script("document.getElementById('samples').scrollIntoView()")
+        run_grid = driver.get_screenshot_as_png()
         _assert_drawn(run_grid)
-        exp_top = _check_in_browser(b, exp_html, 1 + n_runs)  # figure + one curve per run
+        exp_top = _check_in_browser(driver, exp_html, 1 + n_runs)  # figure + one curve per run
     if os.environ.get("RESNETKIT_SAVE_SCREENSHOTS") == "1":
         (ROOT / "docs" / "img").mkdir(parents=True, exist_ok=True)
         (ROOT / "docs" / "img" / "report-run.png").write_bytes(run_top)

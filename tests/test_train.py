@@ -1,5 +1,6 @@
 """The trainer end to end: real Fashion-MNIST, resume, --init, config files, eval, bad input."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,10 +12,13 @@ from conftest import FASHION_MNIST, torchvision_ref  # noqa: F401
 from fakedata import idx_bytes, pattern_images, write_image_folder, write_mnist
 
 import resnetkit
-from resnetkit.config import make_config
+from resnetkit import rundir
+from resnetkit import train as train_module
+from resnetkit.cli import build_parser
+from resnetkit.config import FIELDS, make_config
 from resnetkit.errors import UserError
 from resnetkit.rundir import read_metrics
-from resnetkit.train import init_from, lr_factor, train, update_ema
+from resnetkit.train import TrainState, init_from, lr_factor, train, update_ema
 
 
 def cli(*args, check=False):
@@ -60,6 +64,8 @@ def test_real_fashion_mnist_learns(tmp_path):
     ev = cli("eval", out / "model.safetensors", "--json", check=True)
     result = json.loads(ev.stdout)
     assert result["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-9)
+    # Not just the same count of hits: the same logits (bf16, channels_last, batch size as in training).
+    assert result["loss"] == summary["test_loss"]
     assert len(result["per_class_accuracy"]) == 10 and result["top5"] > result["accuracy"]
     assert (out / "confusion.png").stat().st_size > 0
     text = cli("eval", out / "model.safetensors", check=True).stdout
@@ -120,7 +126,19 @@ def test_ema_weights_are_saved_and_resume_exactly(tmp_path):
         train(small(tmp_path, out=str(tmp_path / "plain"), ema=0.9, resume=True), tensorboard=False, verbose=False)
 
 
-def test_time_limit_stops_on_time_with_the_schedule_finished(tmp_path):
+class FakeClock:
+    """Advances a fixed amount each time the trainer reads it: the time limit without the machine's speed."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_time_limit_stops_on_time_with_the_schedule_finished(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "clock", FakeClock(0.01))
     cfg = small(tmp_path, epochs=50, time_limit=3, log_every=1)  # 400 steps would take far longer
     summary = train(cfg, tensorboard=False, verbose=False)
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
@@ -129,12 +147,75 @@ def test_time_limit_stops_on_time_with_the_schedule_finished(tmp_path):
     assert steps[-1]["step"] == summary["steps"]
     assert steps[-1]["lr"] == 0.0  # one-cycle annealed to its end, compressed into the time
     assert max(r["lr"] for r in steps) == pytest.approx(cfg.lr, rel=0.2)  # and it did reach its peak
+    # Resuming a run that has used up its time trains no further and changes nothing.
+    before = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    again = train(small(tmp_path, epochs=50, time_limit=3, log_every=1, resume=True), tensorboard=False,
+                  verbose=False)
+    after = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert again["steps"] == summary["steps"] and after["step"] == before["step"]
+    assert all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
 
 
-def test_checkpoint_every_and_drop_path_resume(tmp_path):
-    cfg = small(tmp_path, checkpoint_every=3, max_steps=7, drop_path_rate=0.2)
-    train(cfg, tensorboard=False, verbose=False)
-    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 7
+def test_lr_follows_the_clock_under_a_time_limit(tmp_path):
+    cfg = small(tmp_path, epochs=1, time_limit=100)  # one-cycle over a horizon of 8 steps
+    state = TrainState(cfg, resnetkit.create_model("resnet20", in_chans=1), steps_per_epoch=8, horizon=8)
+    assert state.lr_scale(4) == lr_factor(4, cfg, 8)  # no time used: the step decides
+    state.elapsed = 75.0  # three quarters of the time gone at step 2: the clock decides
+    assert state.lr_scale(2) == lr_factor(6, cfg, 8)
+    assert not state.out_of_time()
+    state.elapsed = 100.0
+    assert state.out_of_time()
+
+
+def test_checkpoint_every_writes_mid_epoch_and_resume_from_it_is_exact(tmp_path, monkeypatch):
+    # Record every checkpoint the run writes, as bytes, by step.
+    written: dict[int, bytes] = {}
+    real_save = rundir.save_checkpoint
+
+    def save(path, state):
+        real_save(path, state)
+        written[state["step"]] = path.read_bytes()
+
+    monkeypatch.setattr(rundir, "save_checkpoint", save)
+    # 8 steps per epoch: checkpoints at 3 and 6 come from --checkpoint-every, 7 from the end of the run.
+    kw = {"checkpoint_every": 3, "max_steps": 7, "drop_path_rate": 0.2}
+    train(small(tmp_path, out=str(tmp_path / "full"), **kw), tensorboard=False, verbose=False)
+    assert sorted(written) == [3, 6, 7]
+    # A run killed after step 6 restarts from that checkpoint and ends as the uninterrupted one did
+    # (drop path draws from the global RNG: the restored RNG state matters).
+    part = tmp_path / "part"
+    part.mkdir()
+    (part / "checkpoint.pt").write_bytes(written[6])
+    train(small(tmp_path, out=str(part), resume=True, **kw), tensorboard=False, verbose=False)
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    b = torch.load(part / "checkpoint.pt", weights_only=True)
+    assert b["step"] == 7
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["optimizer"]["state"][i]["momentum_buffer"], b["optimizer"]["state"][i]["momentum_buffer"])
+               for i in a["optimizer"]["state"])
+
+
+def test_train_state_saves_and_restores_itself(tmp_path):
+    cfg = small(tmp_path, ema=0.9)
+    model = resnetkit.create_model("resnet20", in_chans=1)
+    state = TrainState(cfg, model, steps_per_epoch=8, horizon=16)
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    for _ in range(3):
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        state.optimizer.step()
+        state.after_step(train_module.clock())
+    state.train_time = 12.5
+    saved = state.state_dict()
+    other = TrainState(cfg, resnetkit.create_model("resnet20", in_chans=1), steps_per_epoch=8, horizon=16)
+    other.load_state_dict(saved)
+    assert (other.step, other.train_time, saved["epoch"]) == (3, 12.5, 0)
+    assert other.scheduler.get_last_lr() == state.scheduler.get_last_lr()
+    for mine, theirs in [(state.model, other.model), (state.ema, other.ema)]:
+        assert all(torch.equal(a, b) for a, b in zip(mine.state_dict().values(), theirs.state_dict().values()))
+    assert other.final_model is other.ema
+    with pytest.raises(UserError, match="holds resnet20, not resnet32"):
+        TrainState(small(tmp_path, model="resnet32"), resnetkit.create_model("resnet32", in_chans=1), 8, 16
+                   ).load_state_dict(saved)
 
 
 def test_init_from_torchvision_state_dict(tmp_path, torchvision_ref):  # noqa: F811
@@ -174,6 +255,11 @@ def test_config_file_and_flag_precedence(tmp_path):
     paper = make_config({"recipe": "paper-cifar", "model": "resnet110"})
     assert (paper.max_steps, paper.milestones, paper.warmup, paper.batch_size) == (64000, [32000, 48000], 400, 128)
     assert make_config({"recipe": "paper-cifar", "model": "resnet56"}).warmup == 0
+    # The warm-up follows the network's real depth, not the digits of its name (50324 here)...
+    assert make_config({"recipe": "paper-cifar", "model": "resnext50_32x4d"}).warmup == 0
+    # ... and a ResNet-20 given 18 blocks per stage is 110 layers deep.
+    assert make_config({"recipe": "paper-cifar", "model": "resnet20", "blocks": [18, 18, 18]}).warmup == 400
+    assert make_config({"recipe": "paper-cifar", "model": "resnet110", "warmup": 7}).warmup == 7  # typed wins
     (tmp_path / "bad.yaml").write_text("lr: 0.1\nlearning_rate: 3\n")
     with pytest.raises(UserError, match="unknown setting.*learning_rate.*bad.yaml"):
         make_config({}, tmp_path / "bad.yaml")
@@ -195,9 +281,12 @@ def test_folder_training_end_to_end(tmp_path):
     (root / "train" / "fox" / "readme.txt").write_text("not an image")
     out = tmp_path / "folder-run"
     run = cli("train", "--model", "resnet18", "--data", "folder", "--data-dir", root, "--image-size", 32,
-              "--max-steps", 2, "--batch-size", 8, "--workers", 1, "--out", out, "--no-tensorboard",
+              "--epochs", 3, "--batch-size", 8, "--workers", 1, "--out", out, "--no-tensorboard",
               check=True)
     assert "skipped 1 unreadable" in run.stderr
+    # One clean line for the one broken file, however many epochs read it; no Python warning dump.
+    assert run.stderr.count("unreadable") == 1 and "readme.txt" in run.stderr
+    assert "resnetkit: warning: skipped 1 unreadable image" in run.stderr and "UserWarning" not in run.stderr
     ev = json.loads(cli("eval", out / "model.safetensors", "--json", check=True).stdout)
     assert ev["dataset"] == "folder" and 0 <= ev["accuracy"] <= 1 and ev["top5"] is None
 
@@ -244,3 +333,38 @@ def test_weights_file_metadata_round_trip(tmp_path):
     m = resnetkit.load(tmp_path / "run" / "model.safetensors")
     assert m.model_args == {"num_classes": 10, "in_chans": 1, "shortcut": "B", "version": "2"}
     assert m.metadata["dataset"] == "mnist" and len(m.metadata["mean"]) == 1
+
+
+def test_custom_widths_and_blocks_train_and_rebuild(tmp_path):
+    out = tmp_path / "wide"
+    cli("train", "--model", "resnet20", "--widths", 8, 16, 32, "--blocks", 1, 1, 1, "--data", "mnist",
+        "--data-dir", write_mnist(tmp_path / "m", 128, 32), "--max-steps", 2, "--batch-size", 32,
+        "--precision", "fp32", "--no-channels-last", "--out", out, "--no-tensorboard", check=True)
+    m = resnetkit.load(out / "model.safetensors")
+    assert m.model_args["widths"] == [8, 16, 32] and m.model_args["blocks"] == [1, 1, 1]
+    assert m.depth == 8 and m.layer3[0].conv1.weight.shape == (32, 16, 3, 3)
+    assert yaml.safe_load((out / "config.yaml").read_text())["widths"] == [8, 16, 32]
+    run = cli("train", "--widths", 8, 16, "--data", "mnist", "--data-dir", tmp_path / "m", "--out", out)
+    assert run.returncode == 2 and "one width per stage" in run.stderr and run.stderr.count("\n") == 1
+
+
+def test_every_setting_is_a_flag():
+    typed = {"int": "3", "float": "0.5", "str": "x"}
+    for name, f in FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if isinstance(default, bool):
+            argv, expected = [flag if not default else "--no-" + flag[2:]], not default
+        elif isinstance(default, list):
+            argv, expected = [flag, "1", "2"], [1, 2]
+        elif f.metadata["choices"]:
+            argv, expected = [flag, f.metadata["choices"][-1]], f.metadata["choices"][-1]
+        else:
+            kind = {int: "int", float: "float"}.get(type(default), "str")
+            argv, expected = [flag, typed[kind]], {"int": 3, "float": 0.5, "str": "x"}[kind]
+        args = vars(build_parser().parse_args(["train", *argv]))
+        assert args[name] == expected, name
+        assert f.metadata["help"], name
+    # Only what was typed reaches the config merge.
+    args = vars(build_parser().parse_args(["train", "--lr", "0.3"]))
+    assert set(args) - {"func", "command", "debug", "config_file", "no_tensorboard"} == {"lr"}

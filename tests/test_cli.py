@@ -1,0 +1,47 @@
+"""The command line's own contract: help, version, and which errors are the user's."""
+
+import subprocess
+import sys
+
+import pytest
+
+import resnetkit
+from resnetkit import cli
+from resnetkit.errors import UserError
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "resnetkit.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_help_and_version():
+    out = run("--help")
+    assert out.returncode == 0 and "train" in out.stdout and "report" in out.stdout
+    assert "``" not in out.stdout  # plain text, not reStructuredText markup
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"resnetkit {resnetkit.__version__}"
+    train_help = run("train", "--help").stdout
+    assert "--widths" in train_help and "{A,B,C,none}" in train_help  # generated from the config fields
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    def bad_input(pattern):
+        raise UserError("no such thing")
+
+    monkeypatch.setattr(cli, "list_models", bad_input)
+    assert cli.main(["list"]) == 2
+    assert capsys.readouterr().err == "resnetkit: error: no such thing\n"
+
+    def bug(pattern):
+        raise ValueError("internal invariant broken")
+
+    monkeypatch.setattr(cli, "list_models", bug)
+    with pytest.raises(ValueError, match="internal invariant"):  # not disguised as bad input
+        cli.main(["list"])
+
+
+def test_bad_model_arguments_are_user_errors():
+    out = run("summary", "resnet20", "--shortcut", "D")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "shortcut must be one of" in out.stderr
+    out = run("summary", "resnet20", "--widths", "16", "32")
+    assert out.returncode == 2 and "one width per stage" in out.stderr and "Traceback" not in out.stderr
