@@ -111,6 +111,8 @@ class TrainConfig:
     precision: str = setting("fp32", "fp32, or bf16 autocast", group="runtime", choices=("fp32", "bf16"))
     channels_last: bool = setting(False, "NHWC memory format", group="runtime")
     compile: bool = setting(False, "torch.compile the model", group="runtime")
+    sync_bn: bool = setting(False, "under torchrun: batch statistics over the global batch (SyncBatchNorm)",
+                            group="runtime")
     eval_batch_size: int = setting(1000, "images per evaluation batch", group="runtime")
     tta: bool = setting(False, "test-time augmentation: average the logits of each image and its mirror",
                         group="runtime")

@@ -304,8 +304,10 @@ class TensorLoader:
 
     Every epoch's order and augmentation are drawn up front from a generator seeded by
     (seed, epoch), so epoch e is the same whatever happened before it and a resumed run
-    can skip exactly the batches it already did (``start_batch``). Under DDP each rank
-    takes every world-th sample of the shared permutation.
+    can skip exactly the batches it already did (``start_batch``). Under DDP every rank draws
+    the same permutation and augmentation for the whole set and takes every world-th position:
+    batch b of the ranks together holds exactly the images, crops and flips of batch b of one
+    process at the global batch size.
     """
 
     def __init__(
@@ -323,29 +325,25 @@ class TensorLoader:
         # Zero-pad once (as the paper's CIFAR recipe), so a random crop is a shifted window.
         self.padded = F.pad(self.images, (pad,) * 4) if pad and train else None
 
-    def _indices(self, epoch: int) -> torch.Tensor:
-        n = len(self.labels)
-        if not self.train:
-            idx = torch.arange(n)
-        else:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            idx = torch.randperm(n, generator=g)
-        return idx[self.rank::self.world_size]
-
     def __len__(self) -> int:
-        n = math.ceil(len(self.labels) / self.world_size) if self.world_size > 1 else len(self.labels)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        n = len(self.labels)
+        if self.drop_last:  # every rank takes as many full batches as the smallest shard holds
+            return n // self.world_size // self.batch_size
+        return math.ceil(len(range(self.rank, n, self.world_size)) / self.batch_size)
 
     def epoch(self, epoch: int, start_batch: int = 0):
         """Yield (normalised float images, labels) for one epoch, from ``start_batch`` on."""
-        idx = self._indices(epoch)
-        n = len(idx)
-        if self.train:
+        n = len(self.labels)
+        mine = slice(self.rank, None, self.world_size)  # this rank's positions in the epoch's order
+        if not self.train:
+            idx = torch.arange(n)[mine]
+        else:
+            idx = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))[mine]
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 7_919)
-            shifts = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=g)
-            flips = torch.rand(n, generator=g) < 0.5
+            shifts = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=g)[mine]
+            flips = (torch.rand(n, generator=g) < 0.5)[mine]
             if self.erase:
-                boxes = erase_boxes(n, *self.images.shape[2:], self.erase, g)
+                boxes = erase_boxes(n, *self.images.shape[2:], self.erase, g)[mine]
         for b in range(start_batch, len(self)):
             batch = slice(b * self.batch_size, (b + 1) * self.batch_size)
             sel = idx[batch]
@@ -456,16 +454,25 @@ class Unreadable(NamedTuple):
 
 
 def collate_skip(batch):
-    """Stack the readable samples; the third element lists the ``Unreadable`` ones."""
+    """Stack the readable samples: (images, labels, the ``Unreadable`` ones, which were readable)."""
+    keep = torch.tensor([not isinstance(b, Unreadable) for b in batch], dtype=torch.bool)
     bad = [b for b in batch if isinstance(b, Unreadable)]
     good = [b for b in batch if not isinstance(b, Unreadable)]
     if not good:
-        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), bad
-    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), bad
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), bad, keep
+    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), bad, keep
 
 
 class FolderLoader:
-    """Streams an ``ImageFolder`` through DataLoader workers; same interface as TensorLoader."""
+    """Streams an ``ImageFolder`` through DataLoader workers; same interface as TensorLoader.
+
+    Training order comes from PyTorch's ``DistributedSampler`` (shuffled by (seed, epoch) via
+    ``set_epoch``; with several ranks each takes a disjoint share and the tail is dropped so all
+    take as many). Evaluation takes every world-th image with no padding, so each test image is
+    counted exactly once (DistributedSampler would repeat some to even out the shares). Flips and
+    erase boxes are drawn up front per position in the epoch, so a run resumed mid-epoch
+    (``start_batch``) sees the same augmentation as one that never stopped.
+    """
 
     def __init__(self, data: ImageFolder, batch_size: int, *, train: bool, mean: list[float],
                  std: list[float], device: torch.device | str = "cpu", flip: bool = False,
@@ -480,29 +487,38 @@ class FolderLoader:
         self.labels = data.labels
 
     def __len__(self) -> int:
-        n = math.ceil(len(self.data) / self.world_size)
-        return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
+        if self.train:
+            return len(self.data) // self.world_size // self.batch_size
+        return math.ceil(len(range(self.rank, len(self.data), self.world_size)) / self.batch_size)
 
     def sample(self, i: int) -> tuple[torch.Tensor, int] | Unreadable:
-        """Image i as the evaluation transform makes it (uint8, C x H x W) and its label."""
+        """Image i as the dataset's transform makes it (uint8, C x H x W) and its label."""
         return self.data[i]
+
+    def _order(self, epoch: int) -> list[int]:
+        """This rank's dataset indices for ``epoch``, in order."""
+        if not self.train:
+            return list(range(self.rank, len(self.data), self.world_size))
+        sampler = torch.utils.data.DistributedSampler(self.data, num_replicas=self.world_size, rank=self.rank,
+                                                      shuffle=True, seed=self.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        return list(sampler)
 
     def epoch(self, epoch: int, start_batch: int = 0):
         self.data.epoch = epoch
+        order = self._order(epoch)
         if self.train:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            idx = torch.randperm(len(self.data), generator=g)
-        else:
-            idx = torch.arange(len(self.data))
-        idx = idx[self.rank::self.world_size]
-        n = len(self) * self.batch_size if self.train else len(idx)
-        idx = idx[start_batch * self.batch_size:n].tolist()
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 7_919 + 1_000_003 * self.rank)
+            flips = torch.rand(len(order), generator=g) < 0.5
+            if self.erase:
+                boxes = erase_boxes(len(order), self.data.size, self.data.size, self.erase, g)
+        end = len(self) * self.batch_size if self.train else len(order)
+        positions = list(range(start_batch * self.batch_size, end))
         loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(self.data, idx), batch_size=self.batch_size, shuffle=False,
-            num_workers=self.workers, collate_fn=collate_skip, persistent_workers=False,
+            torch.utils.data.Subset(self.data, [order[p] for p in positions]), batch_size=self.batch_size,
+            shuffle=False, num_workers=self.workers, collate_fn=collate_skip, persistent_workers=False,
             pin_memory=self.device.type == "cuda")
-        flip_g = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 7_919)
-        for x, y, bad in loader:
+        for b, (x, y, bad, keep) in enumerate(loader):
             self.skipped += len(bad)
             for path, reason in bad:
                 if path not in self.warned:
@@ -510,13 +526,13 @@ class FolderLoader:
                     log.warning("skipped 1 unreadable image: %s (%s); it is left out of every epoch", path, reason)
             if len(y) == 0:
                 continue
+            pos = torch.tensor(positions[b * self.batch_size:(b + 1) * self.batch_size])[keep]
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if self.train and self.flip:
-                f = (torch.rand(len(y), generator=flip_g) < 0.5).to(self.device)
-                x = torch.where(f.view(-1, 1, 1, 1), x.flip(3), x)
+                x = torch.where(flips[pos].to(self.device).view(-1, 1, 1, 1), x.flip(3), x)
             x = normalize(x, self.mean, self.std)
             if self.train and self.erase:
-                x = apply_erase(x, erase_boxes(len(y), *x.shape[2:], self.erase, flip_g))
+                x = apply_erase(x, boxes[pos])
             yield x, y
 
 
@@ -553,7 +569,10 @@ def _first(data: ArrayDataset, n: int) -> ArrayDataset:
 
 
 def build_loaders(cfg, device: torch.device, rank: int = 0, world: int = 1) -> Loaders:
-    """The training and test loaders a ``TrainConfig`` asks for, normalised as it says."""
+    """The training and test loaders a ``TrainConfig`` asks for, normalised as it says. With
+    ``world`` processes, ``cfg.batch_size`` is the global batch: each rank loads its share of
+    every training batch and its share of the test set (every test image on exactly one rank)."""
+    batch = cfg.batch_size // world
     if cfg.data == "folder":
         if not cfg.data_dir:
             raise UserError("--data folder needs --data-dir (with train/ and val/ sub-folders)")
@@ -568,9 +587,8 @@ def build_loaders(cfg, device: torch.device, rank: int = 0, world: int = 1) -> L
             raise UserError(f"class folders of {train_root} and {test_root} differ")
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if cfg.normalize == "imagenet" else folder_stats(train_set)
         common = {"mean": mean, "std": std, "device": device, "flip": cfg.flip, "workers": cfg.workers,
-                  "seed": cfg.seed}
-        train = FolderLoader(train_set, cfg.batch_size, train=True, erase=cfg.erase, rank=rank, world_size=world,
-                             **common)
+                  "seed": cfg.seed, "rank": rank, "world_size": world}
+        train = FolderLoader(train_set, batch, train=True, erase=cfg.erase, **common)
         test = FolderLoader(test_set, cfg.eval_batch_size, train=False, **common)
         return Loaders(train, test, train_set.classes, 3, mean, std)
 
@@ -583,9 +601,10 @@ def build_loaders(cfg, device: torch.device, rank: int = 0, world: int = 1) -> L
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     else:
         mean, std = channel_stats(train_set.images)
-    train = TensorLoader(train_set, cfg.batch_size, train=True, mean=mean, std=std, device=device,
+    train = TensorLoader(train_set, batch, train=True, mean=mean, std=std, device=device,
                          pad=cfg.pad, flip=cfg.flip, erase=cfg.erase, seed=cfg.seed, rank=rank, world_size=world)
-    test = TensorLoader(test_set, cfg.eval_batch_size, train=False, mean=mean, std=std, device=device)
+    test = TensorLoader(test_set, cfg.eval_batch_size, train=False, mean=mean, std=std, device=device,
+                        rank=rank, world_size=world)
     return Loaders(train, test, train_set.classes, in_chans, mean, std)
 
 

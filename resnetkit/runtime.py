@@ -16,13 +16,14 @@ import torch
 from .errors import UserError
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when there is one; asking for CUDA without one is an error."""
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` picks CUDA when there is one; asking for CUDA without one is an error. Each
+    process of a node takes the GPU of its LOCAL_RANK."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda requested but no CUDA device is available")
-    return torch.device(name)
+    return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
 
 
 def autocast(device: torch.device, precision: str):

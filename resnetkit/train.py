@@ -5,6 +5,9 @@
     resnetkit train --model resnet20 --widths 32 64 128 --blocks 1 1 1   # a wider, shallower net
 
 From Python: ``resnetkit.train.train(make_config({"model": "resnet20", "epochs": 2}))``.
+Under torchrun it trains data-parallel (distributed.py, docs/distributed.md):
+
+    torchrun --standalone --nproc-per-node=2 -m resnetkit train --model resnet20 --batch-size 256
 
 ``train`` is a short driver that reads top to bottom (data, model, state and resume, the
 epochs, the end) over four parts: ``TrainState`` (model, EMA, optimiser, schedule, step and
@@ -24,6 +27,7 @@ import time
 import torch
 from torch import nn
 
+from . import distributed
 from .checkpoint import load_checkpoint, load_state_dict_file
 from .config import TrainConfig, add_arguments, make_config
 from .data import build_loaders
@@ -90,7 +94,7 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
 
 
 def build_model(cfg: TrainConfig, num_classes: int, in_chans: int, device: torch.device,
-                memory_format: torch.memory_format) -> nn.Module:
+                memory_format: torch.memory_format, world: int = 1) -> nn.Module:
     """The network to train, on its device: fresh, or started from ``--init`` weights."""
     model = create_model(cfg.model, num_classes=num_classes, in_chans=in_chans, **cfg.model_kwargs())
     if cfg.init:
@@ -98,6 +102,8 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int, device: torch
     if cfg.freeze_backbone:
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith("fc.")
+    if cfg.sync_bn and world > 1:
+        distributed.convert_sync_batchnorm(model, device)
     return model.to(device).to(memory_format=memory_format)
 
 
@@ -138,7 +144,8 @@ class TrainState:
         """Schedule, average and count one optimiser step; ``started`` is when the current
         timing interval began (perf_counter), for the clock of --time-limit."""
         if self.cfg.time_limit:
-            self.elapsed = self.train_time + clock() - started
+            # Under DDP every rank follows the slowest clock: the schedule and the stop stay in step.
+            self.elapsed = distributed.all_max(self.train_time + clock() - started)
         self.scheduler.step()
         if self.ema is not None:
             update_ema(self.ema, self.model, self.cfg.ema, self.step)
@@ -213,17 +220,21 @@ def run_epoch(state: TrainState, loader, epoch: int, run: RunDir, forward: nn.Mo
                 torch.cuda.synchronize()
             now = clock()
             state.train_time += now - t_log
+            if distributed.active():  # what every rank saw, logged once by rank 0
+                totals = distributed.all_sum(torch.stack([loss_sum.double(), correct.double(),
+                                                          torch.tensor(seen, dtype=torch.float64, device=device)]))
+                loss_sum, correct, seen = totals[0], totals[1], int(totals[2])
             mean_loss, acc = loss_sum.item() / seen, correct.item() / seen
             ips = seen / (now - t_log)
             if not math.isfinite(mean_loss):
                 raise UserError(f"training diverged at step {step} (loss {mean_loss}); lower --lr")
             lr = state.scheduler.get_last_lr()[0]
             run.log({"epoch": step / steps_per_epoch, "step": step, "train_loss": mean_loss,
-                     "train_error": 1 - acc, "lr": lr, "images_per_sec": ips})
+                     "train_error": 1 - acc, "lr": lr, "images_per_sec": ips, "images": seen})
             bar.update(step - epoch * steps_per_epoch - bar.n)
             bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{100 * acc:.2f}%", img_s=f"{ips:.0f}")
-            loss_sum.zero_()
-            correct.zero_()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.int64)
             seen, t_log = 0, clock()
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last_of_epoch:
             run.checkpoint(state.state_dict())
@@ -240,9 +251,11 @@ def train(cfg: TrainConfig, *, tensorboard: bool = True, verbose: bool = True) -
     """Train as ``cfg`` says; returns the final summary (also written to summary.json)."""
     cfg.validate()
     rank, world = rank_and_world()
+    if cfg.batch_size % world:
+        raise UserError(f"--batch-size {cfg.batch_size} is the global batch: it must divide by the {world} processes")
+    device = resolve_device(cfg.device, distributed.local_rank())
     if world > 1:
-        raise UserError("distributed training (WORLD_SIZE > 1) is not supported yet; run one process")
-    device = resolve_device(cfg.device)
+        distributed.start(device)
     seed_everything(cfg.seed)
 
     # Data
@@ -256,37 +269,45 @@ def train(cfg: TrainConfig, *, tensorboard: bool = True, verbose: bool = True) -
 
     # Model, and the state that changes as it trains
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = build_model(cfg, len(data.classes), data.in_chans, device, memory_format)
-    forward = torch.compile(model) if cfg.compile else model
+    model = build_model(cfg, len(data.classes), data.in_chans, device, memory_format, world)
+    forward = distributed.wrap(model, device) if world > 1 else model
+    forward = torch.compile(forward) if cfg.compile else forward
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     state = TrainState(cfg, model, steps_per_epoch, horizon)
     state.total_steps = total_steps
 
     # Output folder, and resume
     run = RunDir(cfg.out, rank == 0, tensorboard)
-    if cfg.resume and run.checkpoint_path.exists():
+    # Every rank resumes from the one checkpoint rank 0 writes; after torchrun restarts a failed
+    # group (--max-restarts), the run resumes on its own.
+    resume = cfg.resume or distributed.restart_count() > 0
+    if resume and run.checkpoint_path.exists():
         state.load_state_dict(load_checkpoint(run.checkpoint_path, device), str(run.checkpoint_path))
-        if verbose:
+        if verbose and rank == 0:
             print(f"resuming from step {state.step} of {total_steps} ({run.checkpoint_path})", flush=True)
-    elif cfg.resume and verbose:
+    elif resume and verbose and rank == 0:
         print(f"no checkpoint at {run.checkpoint_path}: starting afresh", flush=True)
     run.truncate_log(state.step)  # a fresh run starts an empty log
     run.write_config(cfg)
+    verbose = verbose and rank == 0
     if verbose:
         n_params = sum(p.numel() for p in model.parameters())
+        ranks = f" x {world} processes" if world > 1 else ""
         print(f"{cfg.model}: {n_params:,} parameters | {cfg.data}: {len(data.train.labels):,} train / "
-              f"{len(data.test.labels):,} test images | {state.total_steps} steps on {device} ({cfg.precision})",
-              flush=True)
+              f"{len(data.test.labels):,} test images | {state.total_steps} steps on {device}{ranks} "
+              f"({cfg.precision})", flush=True)
 
     def evaluate(final: bool) -> EvalResult:
         # Test-time flips double the cost of an evaluation: only the final one uses them.
-        return evaluate_model(state.final_model, data.test, len(data.classes), precision=cfg.precision,
-                              tta=cfg.tta and final, memory_format=memory_format)
+        result = evaluate_model(state.final_model, data.test, len(data.classes), precision=cfg.precision,
+                                tta=cfg.tta and final, memory_format=memory_format)
+        return gather(result) if world > 1 else result
 
     # The epochs, each ending with a test, a log row and a checkpoint
     last: EvalResult | None = None
     while state.step < state.total_steps:
         run_epoch(state, data.train, state.step // steps_per_epoch, run, forward, criterion, epochs)
+        distributed.average_buffers(state.model, state.ema)  # one set of BN statistics (no-op in one process)
         last = evaluate(final=state.step >= state.total_steps)
         epoch = state.step / steps_per_epoch
         row = {"epoch": epoch, "step": state.step, "test_loss": last.loss, "test_error": last.error,
@@ -320,8 +341,25 @@ def train(cfg: TrainConfig, *, tensorboard: bool = True, verbose: bool = True) -
             "training": {"precision": cfg.precision, "tta": cfg.tta, "image_size": cfg.image_size,
                          "channels_last": cfg.channels_last, "eval_batch_size": cfg.eval_batch_size,
                          "test_accuracy": last.accuracy}}
+    if world > 1:
+        summary["world_size"] = world
+        summary["replicas_identical"] = distributed.replicas_agree(state.final_model)
     run.finish(state.final_model, meta, summary, rows)
+    distributed.stop()
     return summary
+
+
+def gather(result: EvalResult) -> EvalResult:
+    """One evaluation from every rank's share of the test set: counts and sums are added over
+    the ranks (each test image sits on exactly one), predictions stay this rank's own."""
+    n = result.confusion.sum().double()
+    top5 = result.top5 if result.top5 is not None else 0.0
+    sums = distributed.all_sum(torch.stack([result.loss * n, top5 * n, n]).to(torch.float64))
+    confusion = distributed.all_sum(result.confusion.clone())
+    total = max(sums[2].item(), 1.0)
+    return EvalResult(loss=sums[0].item() / total, accuracy=confusion.diag().sum().item() / total,
+                      top5=sums[1].item() / total if result.top5 is not None else None,
+                      confusion=confusion, predictions=result.predictions)
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -343,6 +381,8 @@ def cmd_train(args: argparse.Namespace) -> None:
              if k not in ("func", "command", "debug", "config_file", "no_tensorboard", "argv")}
     cfg = make_config(flags, args.config_file)
     summary = train(cfg, tensorboard=not args.no_tensorboard)
+    if rank_and_world()[0] != 0:
+        return
     top5 = f", top-5 {100 * summary['test_top5']:.2f}%" if summary["test_top5"] is not None else ""
     print(f"done: test accuracy {100 * summary['test_accuracy']:.2f}%{top5} in "
           f"{summary['train_time_sec']:.0f}s of training; outputs in {cfg.out}")
