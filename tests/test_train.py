@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -332,6 +333,11 @@ def test_weights_file_metadata_round_trip(tmp_path):
     train(cfg, tensorboard=False, verbose=False)
     m = resnetkit.load(tmp_path / "run" / "model.safetensors")
     assert m.model_args == {"num_classes": 10, "in_chans": 1, "shortcut": "B", "version": "2"}
+    # Written atomically, yet with the usual permissions (0666 less the umask), not mkstemp's 0600.
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "summary.json", "checkpoint.pt", "config.yaml", "curves.png"):
+        assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     assert m.metadata["dataset"] == "mnist" and len(m.metadata["mean"]) == 1
 
 
