@@ -112,11 +112,12 @@ class TrainState:
     optimiser and learning-rate schedule, the step and the seconds of training so far.
     ``state_dict()`` is what checkpoint.pt holds (with every RNG); ``load_state_dict`` resumes."""
 
-    def __init__(self, cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, horizon: int) -> None:
+    def __init__(self, cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, horizon: int,
+                 total_steps: int | None = None) -> None:
         self.cfg, self.model = cfg, model
         self.steps_per_epoch = steps_per_epoch
         self.horizon = horizon  # the step the schedule ends at (--epochs, or --max-steps alone)
-        self.total_steps = horizon  # where this run stops; the driver and --time-limit lower it
+        self.total_steps = total_steps or horizon  # where this run stops (--max-steps; --time-limit lowers it)
         self.step = 0
         self.train_time = 0.0  # seconds of training, evaluation and checkpoint writes excluded
         self.elapsed = 0.0  # the same, up to the current step (kept up to date under --time-limit)
@@ -273,23 +274,22 @@ def train(cfg: TrainConfig, *, tensorboard: bool = True, verbose: bool = True) -
     forward = distributed.wrap(model, device) if world > 1 else model
     forward = torch.compile(forward) if cfg.compile else forward
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    state = TrainState(cfg, model, steps_per_epoch, horizon)
-    state.total_steps = total_steps
+    state = TrainState(cfg, model, steps_per_epoch, horizon, total_steps)
 
     # Output folder, and resume
+    verbose = verbose and rank == 0
     run = RunDir(cfg.out, rank == 0, tensorboard)
     # Every rank resumes from the one checkpoint rank 0 writes; after torchrun restarts a failed
     # group (--max-restarts), the run resumes on its own.
     resume = cfg.resume or distributed.restart_count() > 0
     if resume and run.checkpoint_path.exists():
         state.load_state_dict(load_checkpoint(run.checkpoint_path, device), str(run.checkpoint_path))
-        if verbose and rank == 0:
+        if verbose:
             print(f"resuming from step {state.step} of {total_steps} ({run.checkpoint_path})", flush=True)
-    elif resume and verbose and rank == 0:
+    elif resume and verbose:
         print(f"no checkpoint at {run.checkpoint_path}: starting afresh", flush=True)
     run.truncate_log(state.step)  # a fresh run starts an empty log
     run.write_config(cfg)
-    verbose = verbose and rank == 0
     if verbose:
         n_params = sum(p.numel() for p in model.parameters())
         ranks = f" x {world} processes" if world > 1 else ""
