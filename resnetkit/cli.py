@@ -2,7 +2,7 @@
 
     resnetkit list ['resnet*']
     resnetkit summary resnet50 [--input-size 3 224 224] [--num-classes N] [--in-chans C]
-    resnetkit train | eval | experiment | draw | report ...   (each with --help)
+    resnetkit train | eval | predict | export | experiment | draw | report ...   (each with --help)
 
 Bad input ends with one line on stderr and exit code 2; --debug shows the traceback.
 """
@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 
-from . import __version__, draw, evaluate, experiments, report, train
+from . import __version__, draw, evaluate, experiments, export, predict, report, train
 from .config import add_model_args, check_model, model_kwargs
 from .errors import UserError
 from .registry import create_model, list_models
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     p.set_defaults(func=cmd_summary)
 
-    for command in (train, evaluate, experiments, draw, report):
+    for command in (train, evaluate, predict, export, experiments, draw, report):
         command.add_cli(sub)
     return parser
 
