@@ -437,13 +437,7 @@ class ImageFolder(torch.utils.data.Dataset):
         return self._center_crop(im)  # fallback for extreme aspect ratios
 
     def _center_crop(self, im):
-        short = round(self.size * 256 / 224)
-        w, h = im.size
-        scale = short / min(w, h)
-        im = im.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BILINEAR)
-        w, h = im.size
-        x0, y0 = (w - self.size) // 2, (h - self.size) // 2
-        return im.crop((x0, y0, x0 + self.size, y0 + self.size))
+        return resize_and_crop(im, round(self.size * 256 / 224), self.size)
 
 
 class Unreadable(NamedTuple):
@@ -451,6 +445,17 @@ class Unreadable(NamedTuple):
 
     path: str
     reason: str
+
+
+def resize_and_crop(im: Image.Image, short: int, size: int) -> Image.Image:
+    """The evaluation transform: the short side resized to ``short`` (bilinear), then the
+    central ``size`` x ``size`` square (torchvision's Resize + CenterCrop)."""
+    w, h = im.size
+    scale = short / min(w, h)
+    im = im.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BILINEAR)
+    w, h = im.size
+    x0, y0 = (w - size) // 2, (h - size) // 2
+    return im.crop((x0, y0, x0 + size, y0 + size))
 
 
 def collate_skip(batch):

@@ -52,7 +52,7 @@ from torch import nn
 
 from .checkpoint import load, load_state_dict_file
 from .config import check_model
-from .data import DATASETS, IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, load_arrays, normalize
+from .data import DATASETS, IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, load_arrays, normalize, resize_and_crop
 from .errors import UserError
 from .registry import create_model
 from .runtime import autocast, resolve_device
@@ -181,14 +181,7 @@ def prepare_image(im: Image.Image | np.ndarray, info: ModelInfo) -> torch.Tensor
     order, as ``data.ImageFolder``'s evaluation transform, so the pixels are identical."""
     if isinstance(im, np.ndarray):
         im = Image.fromarray(im)
-    im = im.convert("L" if info.in_chans == 1 else "RGB")
-    size, short = info.image_size, info.resize
-    w, h = im.size
-    scale = short / min(w, h)
-    im = im.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BILINEAR)
-    w, h = im.size
-    x0, y0 = (w - size) // 2, (h - size) // 2
-    im = im.crop((x0, y0, x0 + size, y0 + size))
+    im = resize_and_crop(im.convert("L" if info.in_chans == 1 else "RGB"), info.resize, info.image_size)
     arr = np.asarray(im, dtype=np.uint8)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return torch.from_numpy(arr.copy())
