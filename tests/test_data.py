@@ -257,3 +257,22 @@ def test_normalisation_is_an_explicit_recorded_choice(tmp_path):
     assert make_config({"recipe": "paper-imagenet"}).normalize == "imagenet"  # the recipe names it
     with pytest.raises(UserError, match="--normalize must be one of dataset, imagenet"):
         make_config({"normalize": "cifar"})
+
+
+def test_folder_loader_resumes_mid_epoch_with_the_same_augmentation_and_shards(tmp_path):
+    root = write_image_folder(tmp_path / "imgs", n_per_class=6, size=12)
+    ds = data.ImageFolder(root / "train", train=True, size=8, seed=3)
+    kw = {"mean": [0.5] * 3, "std": [0.25] * 3, "workers": 0, "flip": True, "erase": 0.5, "seed": 3}
+    loader = data.FolderLoader(ds, 4, train=True, **kw)
+    full = list(loader.epoch(2))
+    tail = list(loader.epoch(2, start_batch=2))  # a run resumed after two batches of epoch 2
+    assert len(full) == len(loader) == 4 and len(tail) == 2
+    for (xa, ya), (xb, yb) in zip(full[2:], tail):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)  # same images, crops, flips and erase boxes
+    # Two ranks (DistributedSampler) take disjoint halves of the epoch's images, as many each.
+    seen = []
+    for rank in (0, 1):
+        shard = data.FolderLoader(ds, 2, train=True, rank=rank, world_size=2, **kw)
+        assert len(shard) == 18 // 2 // 2
+        seen.append(shard._order(2))
+    assert not set(seen[0]) & set(seen[1]) and len(seen[0]) == len(seen[1]) == 9
