@@ -420,7 +420,7 @@ class ImageFolder(torch.utils.data.Dataset):
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
             # Reported by the loader in the main process: a worker's own warning would repeat
             # every epoch and interleave with the progress output.
-            return Unreadable(path, str(e).replace(repr(path), "").replace(path, "").strip(" :"))
+            return Unreadable(path, image_error(e, path))
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         return torch.from_numpy(arr.copy()), label
 
@@ -438,6 +438,12 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def _center_crop(self, im):
         return resize_and_crop(im, round(self.size * 256 / 224), self.size)
+
+
+def image_error(e: Exception, path: str | Path) -> str:
+    """Why Pillow could not read ``path``, without the path it repeats in its message."""
+    path = str(path)
+    return str(e).replace(repr(path), "").replace(path, "").strip(" :") or type(e).__name__
 
 
 class Unreadable(NamedTuple):

@@ -52,7 +52,16 @@ from torch import nn
 
 from .checkpoint import load, load_state_dict_file
 from .config import check_model
-from .data import DATASETS, IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, load_arrays, normalize, resize_and_crop
+from .data import (
+    DATASETS,
+    IMAGE_EXTENSIONS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    image_error,
+    load_arrays,
+    normalize,
+    resize_and_crop,
+)
 from .errors import UserError
 from .registry import create_model
 from .runtime import autocast, resolve_device
@@ -171,8 +180,7 @@ def read_image(path: str | Path) -> Image.Image:
             im.load()  # decode now: a truncated file fails here, not later
             return im
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-        reason = str(e).replace(repr(str(path)), "").replace(str(path), "").strip(" :") or type(e).__name__
-        raise UserError(f"cannot read image {path}: {reason}") from None
+        raise UserError(f"cannot read image {path}: {image_error(e, path)}") from None
 
 
 def prepare_image(im: Image.Image | np.ndarray, info: ModelInfo) -> torch.Tensor:
