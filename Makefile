@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data browser demo test test-slow lint bench clean
+.PHONY: setup data browser demo test test-slow test-soak lint bench clean
 
 # The torch pin comes first: 2.13.0 is the local CPU wheel; any other spec pulls CUDA builds.
 $(VENV)/.installed: pyproject.toml
@@ -37,6 +37,10 @@ test: setup data browser
 
 test-slow: setup data browser
 	$(PY) -m pytest -q --runslow
+
+# The crash-safety soak: 200 SIGKILLs instead of the default suite's 20 (tests/test_crash.py).
+test-soak: setup data
+	RESNETKIT_SOAK=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q tests/test_crash.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

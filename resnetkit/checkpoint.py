@@ -13,7 +13,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
+import re
 import secrets
+import time
 from pathlib import Path
 
 import torch
@@ -25,21 +28,36 @@ from .errors import UserError
 from .registry import create_model
 
 
+# Tests of crash safety set this to hold every write half-done for that many seconds.
+_PAUSE = float(os.environ.get("RESNETKIT_TEST_WRITE_PAUSE", "0") or 0)
+
+
 def atomic_write(path: str | Path, data: bytes) -> None:
     """Write ``path`` whole or not at all, with the usual permissions (0666 less the umask;
     ``mkstemp`` would make it private)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
+            if _PAUSE:  # test-only: hold the write half done, so a test can kill us right there
+                f.write(data[:len(data) // 2])
+                f.flush()
+                time.sleep(_PAUSE)
+                data = data[len(data) // 2:]
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):  # disk full, quota, I/O error: the previous file is untouched
+            kept = "; the previous version is intact" if path.exists() else ""
+            raise UserError(f"cannot write {path}: {e.strerror or e}{kept}") from None
         raise
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
@@ -61,12 +79,23 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     atomic_write(path, buf.getvalue())
 
 
+class UnsafeFile(UserError):
+    """A model file that would run code if unpickled; refused, never opened further."""
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # PyTorch's message advises loading with weights_only=False: exactly what must not be
+        # done with such a file. Say what the file asked for, and nothing else.
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = found.group(1) if found else "something other than tensors"
+        raise UnsafeFile(f"refusing to load {path}: it asks to unpickle {what}, which is not model data "
+                         "(loading it could run code)") from None
     except Exception as e:
         raise UserError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
 
@@ -112,16 +141,47 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
         ckpt = load_checkpoint(path, map_location)
         if "model_name" not in ckpt:
             raise UserError(f"{path} has no model name: not a resnetkit checkpoint")
-        model = create_model(ckpt["model_name"], **ckpt["model_args"])
-        model.load_state_dict(ckpt["model"])
+        model = rebuild(path, ckpt["model_name"], ckpt.get("model_args"))
+        fill(model, ckpt.get("model"), path)
         return model
     meta = read_metadata(path)
     if not meta.get("model_name"):
         raise UserError(f"{path} has no model_name metadata: not written by resnetkit")
-    model = create_model(meta["model_name"], **meta.get("model_args", {}))
-    model.load_state_dict(load_file(str(path), device=str(map_location)))
+    model = rebuild(path, meta["model_name"], meta.get("model_args", {}))
+    try:
+        tensors = load_file(str(path), device=str(map_location))
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"not a valid safetensors file: {path} ({e})") from None
+    fill(model, tensors, path)
     model.metadata, model.source = meta, str(path)
     return model
+
+
+def rebuild(path: Path, name, args) -> nn.Module:
+    """The network a file's metadata describes, or a clear error if it names none we can build."""
+    if not isinstance(name, str) or not isinstance(args, dict):
+        raise UserError(f"{path}: malformed model metadata (model_name {name!r}, model_args {args!r})"[:300])
+    try:
+        return create_model(name, **args)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    except (TypeError, ValueError, RuntimeError, IndexError, ZeroDivisionError) as e:
+        raise UserError(f"{path}: {name} cannot be built with {args}: {e}"[:300]) from None
+
+
+def fill(model: nn.Module, tensors, path: Path) -> None:
+    """load_state_dict, with a mismatch named key by key instead of PyTorch's page of them."""
+    own = model.state_dict()
+    if not isinstance(tensors, dict):
+        raise UserError(f"{path} holds no weights")
+    missing = [k for k in own if k not in tensors]
+    unexpected = [k for k in tensors if k not in own]
+    wrong = [k for k in own if k in tensors and getattr(tensors[k], "shape", None) != own[k].shape]
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape at", wrong)):
+        if keys:
+            raise UserError(f"weights in {path} do not fit {getattr(model, 'model_name', 'the model')}: "
+                            f"{what} {', '.join(keys[:3])}" + (f" and {len(keys) - 3} more" if len(keys) > 3 else ""))
+    model.load_state_dict(tensors)
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

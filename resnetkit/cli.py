@@ -10,11 +10,13 @@ Bad input ends with one line on stderr and exit code 2; --debug shows the traceb
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
+import re
 import sys
 
-from . import __version__, draw, evaluate, experiments, export, predict, report, train
+from . import __version__, draw, evaluate, export, predict, probes, report, train
 from .config import add_model_args, check_model, model_kwargs
 from .errors import UserError
 from .registry import create_model, list_models
@@ -36,8 +38,27 @@ def cmd_summary(args: argparse.Namespace) -> None:
     print(json.dumps({"model": args.model, **s.to_dict()}) if args.json else s)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (not the whole usage first), naming the
+    nearest valid flag for a misspelt one. Subcommand parsers are made of this class too."""
+
+    def error(self, message: str):
+        unknown = re.match(r"unrecognized arguments: (-[^\s=]+)", message)
+        if unknown:
+            close = difflib.get_close_matches(unknown.group(1), self.all_flags(), n=1, cutoff=0.6)
+            message += f"; did you mean {close[0]}?" if close else ""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def all_flags(self) -> list[str]:
+        flags = [o for a in self._actions for o in a.option_strings]
+        for a in self._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                flags += [f for p in a.choices.values() for f in p.all_flags()]
+        return flags
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resnetkit", description=__doc__.split("\n")[0].split(": ", 1)[1],
+    parser = Parser(prog="resnetkit", description=__doc__.split("\n")[0].split(": ", 1)[1],
                                      epilog="\n".join(__doc__.split("\n")[2:5]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"resnetkit {__version__}")
@@ -56,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     p.set_defaults(func=cmd_summary)
 
-    for command in (train, evaluate, predict, export, experiments, draw, report):
+    # probes registers `experiment`: experiments.py's own and its two (see probes.add_cli).
+    for command in (train, evaluate, predict, export, probes, draw, report):
         command.add_cli(sub)
     return parser
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -105,6 +107,7 @@ class TrainConfig:
     label_smoothing: float = setting(0.0, "label smoothing", group="optimisation")
     ema: float = setting(0.0, "decay per step of a moving average of the weights, e.g. 0.999 (0: off)",
                          group="optimisation")
+    max_grad_norm: float = setting(0.0, "clip the gradients' global L2 norm to this (0: off)", group="optimisation")
 
     seed: int = setting(0, "seed of every random draw", group="runtime")
     device: str = setting("auto", "where to train", group="runtime", choices=("auto", "cpu", "cuda"))
@@ -119,9 +122,12 @@ class TrainConfig:
     log_every: int = setting(50, "steps between metrics.jsonl rows", group="runtime")
     checkpoint_every: int = setting(0, "steps between checkpoints (0: at the end of each epoch only)",
                                     group="runtime")
+    layer_stats: int = setting(0, "steps between per-layer gradient and update statistics in layers.jsonl "
+                                  "(0: off)", group="runtime")
 
     out: str = setting("runs/train", "output folder", group="files")
     resume: bool = setting(False, "continue from OUT/checkpoint.pt", group="files")
+    overwrite: bool = setting(False, "replace the run already in OUT (otherwise refused)", group="files")
     init: str | None = setting(None, "weights to start from (.safetensors, .pth state dict, checkpoint.pt)",
                                group="files")
     freeze_backbone: bool = setting(False, "train only the classifier", group="files")
@@ -138,7 +144,8 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise UserError(f"{flag(name)} must be positive, got {getattr(self, name)}")
         for name in ["epochs", "max_steps", "time_limit", "weight_decay", "momentum", "warmup", "pad",
-                     "label_smoothing", "train_subset", "test_subset", "checkpoint_every", "workers"]:
+                     "label_smoothing", "train_subset", "test_subset", "checkpoint_every", "workers",
+                     "max_grad_norm", "layer_stats"]:
             if getattr(self, name) < 0:
                 raise UserError(f"{flag(name)} must not be negative, got {getattr(self, name)}")
         if self.epochs == 0 and self.max_steps == 0:
@@ -146,6 +153,8 @@ class TrainConfig:
         for name in ["label_smoothing", "ema"]:
             if not 0 <= getattr(self, name) < 1:
                 raise UserError(f"{flag(name)} must be in [0, 1), got {getattr(self, name)}")
+        if self.nesterov and self.momentum <= 0:
+            raise UserError("--nesterov needs --momentum above 0 (the fast recipe sets --nesterov; add --no-nesterov)")
         if not 0 <= self.erase <= 1:
             raise UserError(f"--erase must be a probability in [0, 1], got {self.erase}")
         check_model(self.model, self.model_kwargs())
@@ -210,21 +219,51 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--in-chans", type=int, default=None, help="input channels (default: 3)")
 
 
+def did_you_mean(key: str) -> str:
+    close = difflib.get_close_matches(str(key).replace("-", "_"), FIELDS, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
+        values = yaml.safe_load(path.read_bytes()) or {}
+    except (yaml.YAMLError, ValueError, RecursionError) as e:
         raise UserError(f"invalid YAML in {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(values, dict):
         raise UserError(f"config file must hold a mapping of settings: {path}")
-    values = {k.replace("-", "_"): v for k, v in values.items()}
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
-        raise UserError(f"unknown setting(s) {', '.join(unknown)} in {path}")
+        raise UserError(f"unknown setting {unknown[0]!r} in {path}{did_you_mean(unknown[0])}")
+    for name, value in values.items():
+        if not fits(value, _TYPES[name]):
+            raise UserError(f"setting {name!r} in {path} must be {type_name(_TYPES[name])}, got {value!r}"[:300])
     return values
+
+
+def fits(value, kind) -> bool:
+    """Does a YAML value have a field's type? (An int is a float; a bool is not a number.)"""
+    options = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
+    for t in options:
+        if t is type(None) and value is None:
+            return True
+        if typing.get_origin(t) is list:
+            if isinstance(value, list) and all(fits(v, typing.get_args(t)[0]) for v in value):
+                return True
+        elif t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        elif t is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        elif t in (bool, str) and isinstance(value, t):
+            return True
+    return False
+
+
+def type_name(kind) -> str:
+    return str(kind).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
 def make_config(flags: dict | None = None, config_file: str | Path | None = None) -> TrainConfig:
@@ -233,7 +272,7 @@ def make_config(flags: dict | None = None, config_file: str | Path | None = None
     from_file = read_yaml(config_file) if config_file else {}
     unknown = sorted(set(flags) - set(FIELDS))
     if unknown:
-        raise UserError(f"unknown setting(s): {', '.join(unknown)}")
+        raise UserError(f"unknown setting {unknown[0]!r}{did_you_mean(unknown[0])}")
     recipe = flags.get("recipe") or from_file.get("recipe") or TrainConfig.recipe
     if recipe not in RECIPES:
         raise UserError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")

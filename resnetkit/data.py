@@ -15,10 +15,14 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import lzma
 import math
+import os
 import pickle
+import re
 import struct
 import tarfile
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -56,38 +60,50 @@ class ArrayDataset:
 
 # --- IDX (MNIST / Fashion-MNIST) -----------------------------------------------------------
 
-def _read_maybe_gzip(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(2)
-            f.seek(0)
-            if head == b"\x1f\x8b":
-                with gzip.open(f) as g:
-                    return g.read()
-            return f.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
+# Deflate cannot expand data more than 1032-fold (zlib's technical details), so a gzip file of
+# n bytes holds at most 1032 n: a header claiming more is a lie, refused before reading on.
+DEFLATE_MAX_RATIO = 1032
+IDX_MAX_RANK = 32  # numpy 1.x's limit on array dimensions (2.x: 64); MNIST itself uses 1 and 3
 
 
 def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file (gzipped or not): a magic number giving the type and rank, the
     dimensions as big-endian int32, then the data. Only unsigned bytes (type 0x08) occur in
-    (Fashion-)MNIST, and only those are accepted."""
+    (Fashion-)MNIST, and only those are accepted.
+
+    The header is checked against the file's size before the data is read, so a header that
+    claims 10^12 images costs nothing; a gzip stream is read no further than the header says."""
     path = Path(path)
-    raw = _read_maybe_gzip(path)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise UserError(f"not an IDX file (bad magic number): {path}")
-    dtype, ndim = raw[2], raw[3]
-    if dtype != 0x08:
-        raise UserError(f"unsupported IDX data type 0x{dtype:02x} (expected unsigned bytes): {path}")
-    if len(raw) < 4 + 4 * ndim:
-        raise UserError(f"truncated IDX header: {path}")
-    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    expected = math.prod(dims)
-    body = raw[4 + 4 * ndim:]
-    if len(body) != expected:
-        raise UserError(f"truncated or oversized IDX file: {path} holds {len(body)} data bytes, "
-                        f"its header {dims} says {expected}")
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            gz = f.read(2) == b"\x1f\x8b"
+            f.seek(0)
+            stream = gzip.GzipFile(fileobj=f) if gz else f
+            room = size * DEFLATE_MAX_RATIO if gz else size  # most bytes the file can hold
+            magic = stream.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0:
+                raise UserError(f"not an IDX file (bad magic number): {path}")
+            dtype, ndim = magic[2], magic[3]
+            if dtype != 0x08:
+                raise UserError(f"unsupported IDX data type 0x{dtype:02x} (expected unsigned bytes): {path}")
+            if ndim > IDX_MAX_RANK:
+                raise UserError(f"IDX rank {ndim} is more than {IDX_MAX_RANK} dimensions: {path}")
+            head = stream.read(4 * ndim)
+            if len(head) < 4 * ndim:
+                raise UserError(f"truncated IDX header: {path}")
+            dims = struct.unpack(f">{ndim}I", head)
+            expected = math.prod(dims)
+            if 4 + 4 * ndim + expected > room:
+                raise UserError(f"truncated IDX file: {path} is {size} bytes{' compressed' * gz}, too few for "
+                                f"the {expected} data bytes its header {dims} says")
+            body = stream.read(expected + 1)  # one byte more than the header says: is there more?
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; corrupt deflate data a zlib.error
+        raise UserError(f"cannot read {path}: {e}") from None
+    if len(body) < expected:
+        raise UserError(f"truncated IDX file: {path} holds {len(body)} data bytes, its header {dims} says {expected}")
+    if len(body) > expected:
+        raise UserError(f"oversized IDX file: {path} holds more than the {expected} data bytes its header {dims} says")
     return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
@@ -110,7 +126,10 @@ def load_idx_split(folder: str | Path, train: bool, classes: list[str] | None = 
     if labels.ndim != 1:
         raise UserError(f"expected a 1-dimensional label array, got shape {labels.shape}: {lbl_path}")
     if len(labels) != len(images):
-        raise UserError(f"label count {len(labels)} does not match image count {len(images)}: {lbl_path}")
+        raise UserError(f"label count {len(labels)} does not match image count {len(images)}: {lbl_path} "
+                        f"(images: {img_path.name})")
+    if 0 in images.shape:
+        raise UserError(f"no images (shape {images.shape}): {img_path}")
     n_classes = int(labels.max()) + 1 if len(labels) else 0
     if classes is not None and n_classes > len(classes):
         raise UserError(f"label {n_classes - 1} out of range for {len(classes)} classes: {lbl_path}")
@@ -121,22 +140,87 @@ def load_idx_split(folder: str | Path, train: bool, classes: list[str] | None = 
 
 # --- CIFAR ---------------------------------------------------------------------------------
 
-class _CifarUnpickler(pickle.Unpickler):
+class _ArrayClass:
+    """Stands for numpy.ndarray where a pickle names it: the class argument of ``_reconstruct``.
+    The real class is never handed out, since the file could call it with any shape."""
+
+
+def _empty_array(cls, shape, dtype) -> np.ndarray:
+    """numpy's ``_reconstruct``: numpy pickles an array as an empty one that BUILD then fills from
+    bytes of the right length. The shape and dtype asked for here are ignored: an object array
+    of 10^9 elements would be 8 GB of pointers before BUILD could refuse anything."""
+    if cls is not _ArrayClass:
+        raise pickle.UnpicklingError("_reconstruct of something other than numpy.ndarray")
+    return np.empty(0, np.uint8)
+
+
+def _plain_dtype(spec, align=False, copy=True) -> np.dtype:
+    """``numpy.dtype`` for plain numbers only ('u1', 'i8', 'f4', ...); object and structured
+    dtypes, which a CIFAR batch never holds, would let the file choose pointers and offsets."""
+    if isinstance(spec, bytes):  # Python 2 pickles (the original CIFAR files) spell it as bytes
+        spec = spec.decode("latin-1")
+    if not isinstance(spec, str) or not re.fullmatch(r"[biuf][1248]", spec):
+        raise pickle.UnpicklingError(f"numpy dtype {spec!r} is not allowed in a CIFAR batch")
+    return np.dtype(spec)
+
+
+def _scalar(dtype, raw=None):
+    """``numpy.core.multiarray.scalar``: one number from its bytes."""
+    if not isinstance(dtype, np.dtype) or not isinstance(raw, bytes) or len(raw) != dtype.itemsize:
+        raise pickle.UnpicklingError("malformed numpy scalar")
+    return np.frombuffer(raw, dtype)[0]
+
+
+def _latin1(text, encoding="utf-8", errors="strict") -> bytes:
+    """``_codecs.encode``, as protocol-2 pickles from Python 3 spell bytes: latin-1 only. Other
+    codecs could grow the data (hex doubles it; 30 nested calls in a 600-byte file make 16 GB)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r} is not allowed in a CIFAR batch")
+    return text.encode("latin-1")
+
+
+class _CifarUnpickler(pickle._Unpickler):
     """Admits only what the CIFAR python batches contain: dicts, lists, strings, numbers and
-    numpy arrays. Any other global (os.system, builtins.eval, ...) is refused, so a crafted
-    file cannot run code."""
+    numpy arrays of numbers. Any other global (os.system, builtins.eval, ...) is refused, so a
+    crafted file cannot run code, and the numpy and codec functions a batch needs are replaced
+    by checked versions, so it cannot make the reader allocate more than the file holds.
+
+    The pure-Python unpickler, not the C one: the C one sizes its memo table from an index read
+    from the file (a 12-byte file can ask for gigabytes). CIFAR batches hold a few thousand
+    objects, so the speed hardly matters."""
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("_codecs", "encode"),  # how protocol-2 pickles from Python 3 spell bytes
+        ("numpy.core.multiarray", "_reconstruct"): _empty_array,
+        ("numpy._core.multiarray", "_reconstruct"): _empty_array,
+        ("numpy", "ndarray"): _ArrayClass,
+        ("numpy", "dtype"): _plain_dtype,
+        ("numpy.core.multiarray", "scalar"): _scalar,
+        ("numpy._core.multiarray", "scalar"): _scalar,
+        ("_codecs", "encode"): _latin1,
     }
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
+            return self.ALLOWED[module, name]
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
+
+    def load_build(self) -> None:
+        # BUILD calls the object's __setstate__: numpy's for an array (which checks the bytes
+        # against the shape) or a dtype in its plain form (no subarray, fields or flags); nothing else.
+        obj, state = self.stack[-2], self.stack[-1]
+        plain = (isinstance(state, tuple) and len(state) == 8 and state[0] == 3
+                 and state[1] in ("<", ">", "|", "=", b"<", b">", b"|", b"=")
+                 and state[2:] == (None, None, None, -1, -1, 0))
+        if not (type(obj) is np.ndarray or (isinstance(obj, np.dtype) and plain)):
+            raise pickle.UnpicklingError(f"cannot set the state of a {type(obj).__name__} in a CIFAR batch")
+        super().load_build()
+
+    def load_bytearray8(self) -> None:
+        # The pure-Python unpickler allocates a BYTEARRAY8's claimed length (up to 2^63) before
+        # reading it. CIFAR batches hold no bytearrays (they came with protocol 5).
+        raise pickle.UnpicklingError("bytearray is not allowed in a CIFAR batch")
+
+    dispatch = {**pickle._Unpickler.dispatch, pickle.BUILD[0]: load_build, pickle.BYTEARRAY8[0]: load_bytearray8}
 
 
 def _unpickle(data: bytes, where: str) -> dict:
@@ -146,19 +230,48 @@ def _unpickle(data: bytes, where: str) -> dict:
         raise UserError(f"cannot read CIFAR batch {where}: {e}") from None
     if not isinstance(obj, dict):
         raise UserError(f"not a CIFAR batch (expected a dict): {where}")
-    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
+    return {(k.decode("latin-1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 
-def _cifar_batch(batch: dict, label_key: str, where: str) -> tuple[np.ndarray, np.ndarray]:
-    if "data" not in batch or label_key not in batch:
+def _cifar_batch(batch: dict, label_key: str, num_classes: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3, 32, 32) and labels (N,) of one batch, after checking that they are what a
+    CIFAR batch holds: a uint8 array of N x 3072 pixels and N labels in range."""
+    data, labels = batch.get("data"), batch.get(label_key)
+    if data is None or labels is None:
         raise UserError(f"CIFAR batch lacks 'data' or {label_key!r}: {where}")
-    data = np.asarray(batch["data"], dtype=np.uint8)
-    labels = np.asarray(batch[label_key], dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3072:
-        raise UserError(f"CIFAR data must be N x 3072 bytes, got {data.shape}: {where}")
-    if len(labels) != len(data):
-        raise UserError(f"label count {len(labels)} does not match image count {len(data)}: {where}")
-    return data.reshape(-1, 3, 32, 32), labels
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        got = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise UserError(f"CIFAR data must be an N x 3072 array of bytes, got {got}: {where}")
+    if len(data) == 0:
+        raise UserError(f"CIFAR batch holds no images: {where}")
+    if not isinstance(labels, (list, np.ndarray)) or len(labels) != len(data):
+        got = len(labels) if isinstance(labels, (list, np.ndarray)) else type(labels).__name__
+        raise UserError(f"label count {got} does not match image count {len(data)}: {where}")
+    if isinstance(labels, np.ndarray):
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise UserError(f"CIFAR labels must be integers, got {labels.dtype} of shape {labels.shape}: {where}")
+        labels = labels.tolist()
+    if not all(isinstance(y, (int, np.integer)) and not isinstance(y, bool) for y in labels):
+        raise UserError(f"CIFAR labels must be integers: {where}")
+    _check_labels(labels, num_classes, where)
+    return data.reshape(-1, 3, 32, 32), np.array(labels, dtype=np.int64)
+
+
+def _check_labels(labels, num_classes: int, where: str) -> None:
+    bad = next((y for y in labels if not 0 <= y < num_classes), None)
+    if bad is not None:
+        raise UserError(f"CIFAR label {bad} out of range for {num_classes} classes: {where}")
+
+
+def _class_names(names, num_classes: int, where: str) -> list[str]:
+    if not isinstance(names, list) or len(names) != num_classes or \
+            not all(isinstance(n, (bytes, str)) for n in names):
+        raise UserError(f"expected a list of {num_classes} class names: {where}")
+    return [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names]
+
+
+# Reading archives: what a corrupt .tar, .tar.gz, .tar.bz2 or .tar.xz raises besides TarError.
+_ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
 
 
 class _Source:
@@ -169,18 +282,25 @@ class _Source:
         if root.is_file():
             try:
                 self.tar = tarfile.open(root)
-            except (tarfile.TarError, OSError) as e:
+                self.members = {Path(m.name).name: m for m in self.tar.getmembers() if m.isfile()}
+            except _ARCHIVE_ERRORS as e:
                 raise UserError(f"cannot open archive {root}: {e}") from None
-            self.members = {Path(m.name).name: m for m in self.tar.getmembers() if m.isfile()}
 
     def read(self, name: str) -> tuple[bytes, str]:
         if self.tar is not None:
             if name not in self.members:
                 raise UserError(f"archive has no file {name}: {self.root}")
-            return self.tar.extractfile(self.members[name]).read(), f"{self.root}:{name}"
+            where = f"{self.root}:{name}"
+            try:
+                return self.tar.extractfile(self.members[name]).read(), where
+            except _ARCHIVE_ERRORS as e:
+                raise UserError(f"cannot read {where}: {e}") from None
         for candidate in (self.root / name, *self.root.glob(f"*/{name}")):
             if candidate.is_file():
-                return candidate.read_bytes(), str(candidate)
+                try:
+                    return candidate.read_bytes(), str(candidate)
+                except OSError as e:
+                    raise UserError(f"cannot read {candidate}: {e.strerror}") from None
         raise UserError(f"missing file {name} in {self.root}")
 
     def has(self, name: str) -> bool:
@@ -204,14 +324,14 @@ def load_cifar_split(root: str | Path, train: bool, num_classes: int = 10) -> Ar
     if src.has(py_names[0]):
         for name in py_names:
             raw, where = src.read(name)
-            x, y = _cifar_batch(_unpickle(raw, where), label_key, where)
+            x, y = _cifar_batch(_unpickle(raw, where), label_key, num_classes, where)
             chunks.append(x)
             labels.append(y)
         classes = None
         if src.has(py_meta):
             raw, where = src.read(py_meta)
             names = _unpickle(raw, where).get(meta_key)
-            classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names] if names else None
+            classes = _class_names(names, num_classes, where) if names is not None else None
     elif src.has(bin_names[0]):
         label_bytes = 1 if num_classes == 10 else 2  # CIFAR-100: coarse then fine label
         record = label_bytes + 3072
@@ -220,18 +340,18 @@ def load_cifar_split(root: str | Path, train: bool, num_classes: int = 10) -> Ar
             if len(raw) == 0 or len(raw) % record:
                 raise UserError(f"CIFAR binary file size {len(raw)} is not a multiple of {record}: {where}")
             arr = np.frombuffer(raw, dtype=np.uint8).reshape(-1, record)
-            labels.append(arr[:, label_bytes - 1].astype(np.int64))
+            y = arr[:, label_bytes - 1].astype(np.int64)
+            _check_labels(y.tolist(), num_classes, where)
+            labels.append(y)
             chunks.append(arr[:, label_bytes:].reshape(-1, 3, 32, 32))
         classes = None
         if src.has(bin_meta):
-            raw, _ = src.read(bin_meta)
-            classes = [line for line in raw.decode(errors="replace").splitlines() if line.strip()]
+            raw, where = src.read(bin_meta)
+            lines = [line for line in raw.decode("utf-8", "replace").splitlines() if line.strip()]
+            classes = _class_names(lines, num_classes, where)
     else:
         raise UserError(f"no CIFAR-{num_classes} batches ({py_names[0]} or {bin_names[0]}) in {root}")
-    y = np.concatenate(labels)
-    if len(y) and (y.min() < 0 or y.max() >= num_classes):
-        raise UserError(f"CIFAR label {int(y.max())} out of range for {num_classes} classes in {root}")
-    return ArrayDataset(torch.from_numpy(np.concatenate(chunks).copy()), torch.from_numpy(y),
+    return ArrayDataset(torch.from_numpy(np.concatenate(chunks).copy()), torch.from_numpy(np.concatenate(labels)),
                         classes or [str(i) for i in range(num_classes)])
 
 
@@ -413,6 +533,7 @@ class ImageFolder(torch.utils.data.Dataset):
         path, label = self.samples[i]
         try:
             with Image.open(path) as im:
+                check_pixels(im)
                 im = im.convert("L" if self.in_chans == 1 else "RGB")
                 rng = np.random.default_rng((self.seed, self.epoch, i))
                 im = self._random_resized_crop(im, rng) if self.train else self._center_crop(im)
@@ -440,6 +561,15 @@ class ImageFolder(torch.utils.data.Dataset):
         return resize_and_crop(im, round(self.size * 256 / 224), self.size)
 
 
+def check_pixels(im: Image.Image) -> None:
+    """Refuse, before decoding, an image over Pillow's decompression-bomb limit (89 million
+    pixels, ~360 MB as RGB). Pillow itself only warns up to twice that, and a small file can
+    claim it: a 10 000 x 9 000 PNG of zeros is 90 kB."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and im.width * im.height > limit:
+        raise Image.DecompressionBombError(f"{im.width} x {im.height} pixels, more than the limit of {limit}")
+
+
 def image_error(e: Exception, path: str | Path) -> str:
     """Why Pillow could not read ``path``, without the path it repeats in its message."""
     path = str(path)
@@ -453,15 +583,24 @@ class Unreadable(NamedTuple):
     reason: str
 
 
+RESIZE_MAX_PIXELS = 4096 * 4096  # the largest intermediate image resize_and_crop makes (64 MB as RGB)
+
+
 def resize_and_crop(im: Image.Image, short: int, size: int) -> Image.Image:
     """The evaluation transform: the short side resized to ``short`` (bilinear), then the
-    central ``size`` x ``size`` square (torchvision's Resize + CenterCrop)."""
+    central ``size`` x ``size`` square (torchvision's Resize + CenterCrop).
+
+    An image so elongated that the resized whole would exceed ``RESIZE_MAX_PIXELS`` (a 1 x 60 000
+    strip resized to a short side of 256 is 15 million pixels long) has just the crop's box of the
+    source resampled: the same pixels up to rounding (within 2 of 255), without the intermediate."""
     w, h = im.size
     scale = short / min(w, h)
-    im = im.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BILINEAR)
-    w, h = im.size
-    x0, y0 = (w - size) // 2, (h - size) // 2
-    return im.crop((x0, y0, x0 + size, y0 + size))
+    rw, rh = max(short, round(w * scale)), max(short, round(h * scale))
+    x0, y0 = (rw - size) // 2, (rh - size) // 2
+    if rw * rh > RESIZE_MAX_PIXELS and size <= short:
+        sx, sy = w / rw, h / rh
+        return im.resize((size, size), Image.BILINEAR, box=(x0 * sx, y0 * sy, (x0 + size) * sx, (y0 + size) * sy))
+    return im.resize((rw, rh), Image.BILINEAR).crop((x0, y0, x0 + size, y0 + size))
 
 
 def collate_skip(batch):

@@ -28,7 +28,7 @@ import torch
 from .checkpoint import atomic_write_text
 from .config import make_config
 from .errors import UserError
-from .plots import draw_curves, plt, save_figure
+from .plots import draw_band, plt, save_figure
 from .rundir import read_metrics
 from .train import train
 
@@ -39,8 +39,10 @@ PAPER_TABLE3 = {"A": 25.03, "B": 24.52, "C": 24.19, "none": 28.54}
 
 # One recipe for every run: the paper's CIFAR recipe (SGD 0.9, wd 1e-4, batch 128, lr 0.1
 # divided by 10 at 50% and 75% of training, padding + crop + flip), shortened to `epochs`.
-def recipe(quick: bool, epochs: int | None) -> dict:
-    common = {"recipe": "paper-cifar", "max_steps": 0, "milestones": [], "precision": "bf16",
+def recipe(quick: bool, epochs: int | None, precision: str = "bf16") -> dict:
+    """``precision``: bf16 where the CPU computes it natively (AVX-512 BF16, AMX); fp32 on
+    CPUs that only emulate it (AVX2), where bf16 is many times slower."""
+    common = {"recipe": "paper-cifar", "max_steps": 0, "milestones": [], "precision": precision,
               "channels_last": True, "tta": False}
     if quick:  # 100 steps per model on a subset: all 8 degradation runs in about a minute and a half
         return {**common, "epochs": epochs or 1, "train_subset": 3200, "test_subset": 1000,
@@ -148,14 +150,15 @@ def table(models: list[dict], paper: dict, paper_key: str, paper_label: str) -> 
     return "\n".join(lines)
 
 
-def plot_panels(out: Path, panels: list[tuple[str, list[tuple[str, list[dict]]]]], title: str) -> None:
-    """Paper Fig. 6 style: dashed training error, bold test error, one color per model."""
+def plot_panels(out: Path, panels: list[tuple[str, list[tuple[str, list[list[dict]]]]]], title: str) -> None:
+    """Paper Fig. 6 style: dashed training error, bold test error, one color per model; with
+    several seeds, the mean and a +- std band."""
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.4), sharey=True, squeeze=False)
     top = 0.0
     for ax, (panel_title, curves) in zip(axes[0], panels):
-        for i, (label, rows) in enumerate(curves):
-            draw_curves(ax, rows, color=f"C{i}", label=label)
-            top = max([top] + [100 * r.get("test_error", 0) for r in rows])
+        for i, (label, runs) in enumerate(curves):
+            draw_band(ax, runs, color=f"C{i}", label=label)
+            top = max([top] + [100 * r.get("test_error", 0) for rows in runs for r in rows])
         ax.set_title(panel_title)
         ax.set_xlabel("iterations")
         ax.grid(alpha=0.3)
@@ -192,19 +195,23 @@ def write_outputs(out: Path, result: dict, table_text: str) -> None:
 
 def degradation(out: str | Path, depths: list[int] = (20, 32, 44, 56), data: str = "fashion-mnist",
                 data_dir: str | None = None, seeds: int = 1, quick: bool = False, epochs: int | None = None,
-                resume: bool = False, quiet: bool = False, command: str = "") -> dict:
+                resume: bool = False, quiet: bool = False, command: str = "",
+                resnet_depths: list[int] | None = None, precision: str = "bf16") -> dict:
+    """Plain and residual nets of ``depths`` (ResNets of ``resnet_depths`` if given, for a
+    ResNet-110 without its costly plain twin), every model under each seed in turn: an
+    interrupted experiment has all models at the seeds it finished, not all seeds of a few."""
     out = Path(out)
-    common = {**recipe(quick, epochs), "data": data, "data_dir": data_dir}
+    common = {**recipe(quick, epochs, precision), "data": data, "data_dir": data_dir}
     t0 = time.perf_counter()
-    runs, fields, curves = [], {}, {"plain": [], "resnet": []}
-    for family in ("plain", "resnet"):
-        for depth in depths:
-            name = f"{family}{depth}"
-            fields[name] = {"family": family, "depth": depth}
-            for seed in range(seeds):
-                runs.append(run_one(name, {"model": name}, common, seed, out, resume, quiet))
-            rows = read_metrics(out / runs[-seeds]["run_dir"] / "metrics.jsonl")
-            curves[family].append((f"{'plain' if family == 'plain' else 'ResNet'}-{depth}", rows))
+    models_by_family = {"plain": list(depths), "resnet": list(resnet_depths or depths)}
+    fields = {f"{fam}{d}": {"family": fam, "depth": d} for fam, ds in models_by_family.items() for d in ds}
+    runs = [run_one(name, {"model": name}, common, seed, out, resume, quiet)
+            for seed in range(seeds) for name in fields]
+    curves = {"plain": [], "resnet": []}
+    for name, f in fields.items():
+        label = f"{'plain' if f['family'] == 'plain' else 'ResNet'}-{f['depth']}"
+        curves[f["family"]].append((label, [read_metrics(out / r["run_dir"] / "metrics.jsonl")
+                                            for r in runs if r["name"] == name]))
     models = aggregate(runs, fields)
     by = {m["model"]: m for m in models}
     lo, hi = min(depths), max(depths)
@@ -219,6 +226,9 @@ def degradation(out: str | Path, depths: list[int] = (20, 32, 44, 56), data: str
     res_cost = 100 * (by[f"resnet{hi}"]["train_error"] - by[f"resnet{lo}"]["train_error"])
     conclusion.append(f"Going from {lo} to {hi} layers changes the training error by {plain_cost:+.2f} points "
                       f"for plain nets and {res_cost:+.2f} points for ResNets.")
+    for deeper in sorted(d for d in models_by_family["resnet"] if d > hi):
+        conclusion += [compare(by[f"resnet{deeper}"], by[f"resnet{lo}"], "train_error", "training error"),
+                       compare(by[f"resnet{deeper}"], by[f"plain{hi}"], "train_error", "training error")]
     shows = plain_cost > 0 and res_cost <= 0
     if shows:
         verdict = "The degradation problem shows: the deeper plain net trains worse, the deeper ResNet does not."
@@ -249,9 +259,10 @@ def degradation(out: str | Path, depths: list[int] = (20, 32, 44, 56), data: str
 
 def shortcuts(out: str | Path, depth: int = 20, data: str = "fashion-mnist", data_dir: str | None = None,
               seeds: int = 1, quick: bool = False, epochs: int | None = None, resume: bool = False,
-              quiet: bool = False, command: str = "", options: tuple[str, ...] = ("A", "B", "C", "none")) -> dict:
+              quiet: bool = False, command: str = "", options: tuple[str, ...] = ("A", "B", "C", "none"),
+              precision: str = "bf16") -> dict:
     out = Path(out)
-    common = {**recipe(quick, epochs), "data": data, "data_dir": data_dir}
+    common = {**recipe(quick, epochs, precision), "data": data, "data_dir": data_dir}
     t0 = time.perf_counter()
     runs, fields, curves = [], {}, []
     for option in options:
@@ -260,7 +271,8 @@ def shortcuts(out: str | Path, depth: int = 20, data: str = "fashion-mnist", dat
         for seed in range(seeds):
             runs.append(run_one(name, {"model": f"resnet{depth}", "shortcut": option}, common, seed, out,
                                 resume, quiet))
-        curves.append((f"option {option}", read_metrics(out / runs[-seeds]["run_dir"] / "metrics.jsonl")))
+        curves.append((f"option {option}", [read_metrics(out / r["run_dir"] / "metrics.jsonl")
+                                            for r in runs[-seeds:]]))
     models = aggregate(runs, fields)
     by = {m["option"]: m for m in models}
     conclusion = [compare(by[o], by["A"], "test_error", "test error") for o in options if o != "A"]
@@ -284,32 +296,47 @@ def shortcuts(out: str | Path, depth: int = 20, data: str = "fashion-mnist", dat
     return result
 
 
-def add_cli(sub) -> None:
-    p = sub.add_parser("experiment", help="reproduce the paper's claims: degradation, shortcuts")
-    p.add_argument("name", choices=["degradation", "shortcuts"])
+def add_cli(sub, more: dict | None = None) -> argparse.ArgumentParser:
+    """The `experiment` command. ``more``: further experiments by name, each a function of the
+    parsed arguments and the keywords every experiment takes; probes.py adds its own this way
+    (it imports this module, so this one cannot import it). Returns the parser for their options."""
+    more = more or {}
+    names = ["degradation", "shortcuts", *more]
+    p = sub.add_parser("experiment", help="reproduce the paper's claims: " + ", ".join(names))
+    p.add_argument("name", choices=names)
     p.add_argument("--out", required=True)
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--depths", type=int, nargs="+", default=[20, 32, 44, 56], help="degradation")
+    p.add_argument("--depths", type=int, nargs="+", default=None,
+                   help="degradation (default 20 32 44 56), gradients (20 56 110), responses (20 56)")
+    p.add_argument("--resnet-depths", type=int, nargs="+", default=None,
+                   help="degradation, responses: ResNet depths if not --depths (e.g. add 110 without plain-110)")
     p.add_argument("--depth", type=int, default=20, help="shortcuts")
     p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--epochs", type=int, default=None, help="default 3 (quick: 1 on a subset)")
+    p.add_argument("--epochs", type=int, default=None, help="default 3, gradients 1 (quick: 1 on a subset)")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
+                   help="fp32 on CPUs without native bf16 (AVX2 only), where bf16 is emulated and slow")
     p.add_argument("--quick", action="store_true", help="a few hundred steps on a subset (< 2 min)")
     p.add_argument("--resume", action="store_true", help="keep finished runs, resume unfinished ones")
-    p.set_defaults(func=cmd_experiment)
+    p.set_defaults(func=cmd_experiment, more=more)
+    return p
 
 
 def cmd_experiment(args: argparse.Namespace) -> None:
     if args.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
     valid = {20, 32, 44, 56, 110}
-    for d in (args.depths if args.name == "degradation" else [args.depth]):
+    for d in ((args.depths or []) + (args.resnet_depths or []) if args.name != "shortcuts" else [args.depth]):
         if d not in valid:
             raise UserError(f"depth {d} has no registered plain/ResNet pair; choose from {sorted(valid)}")
     command = "resnetkit " + shlex.join(args.argv)
     kw = {"data": args.data, "data_dir": args.data_dir, "seeds": args.seeds, "quick": args.quick,
-          "epochs": args.epochs, "resume": args.resume, "command": command}
-    if args.name == "degradation":
-        degradation(args.out, args.depths, **kw)
+          "epochs": args.epochs, "resume": args.resume, "command": command,
+          "precision": args.precision}
+    more = getattr(args, "more", {})
+    if args.name in more:
+        more[args.name](args, kw)
+    elif args.name == "degradation":
+        degradation(args.out, args.depths or [20, 32, 44, 56], resnet_depths=args.resnet_depths, **kw)
     else:
         shortcuts(args.out, args.depth, **kw)

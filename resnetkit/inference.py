@@ -50,7 +50,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from .checkpoint import load, load_state_dict_file
+from .checkpoint import UnsafeFile, load, load_state_dict_file
 from .config import check_model
 from .data import (
     DATASETS,
@@ -412,6 +412,8 @@ def load_network(spec: str | Path, *, model_name: str | None = None, model_kwarg
     if suffix in (".pth", ".pt"):
         try:
             model = load(path)  # a resnetkit checkpoint.pt: the network, without statistics or classes
+        except UnsafeFile:
+            raise
         except UserError as e:
             raise UserError(f"{e}; for a torchvision-format state dict pass --model NAME") from None
         model.metadata, model.source = getattr(model, "metadata", {}), str(path)

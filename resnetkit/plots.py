@@ -38,6 +38,25 @@ def draw_curves(ax, rows: list[dict], color=None, label: str | None = None) -> N
                 linewidth=2.2, marker="o", markersize=3, label=label)  # a marker keeps one epoch visible
 
 
+def draw_band(ax, runs: list[list[dict]], color=None, label: str | None = None) -> None:
+    """Several seeds of one model: mean curves with a shaded mean +- std band (one seed: the
+    plain curves). Seeds of one recipe log at the same steps, so the curves align by index."""
+    if len(runs) == 1:
+        draw_curves(ax, runs[0], color=color, label=label)
+        return
+    for part, key, style in ((0, "train_error", dict(linestyle="--", linewidth=1, alpha=0.8)),
+                             (1, "test_error", dict(linewidth=2.2, marker="o", markersize=3, label=label))):
+        series = [split_rows(rows)[part] for rows in runs]
+        n = min(len(s) for s in series)
+        if n == 0:
+            continue
+        values = torch.tensor([[100 * r[key] for r in s[:n]] for s in series])
+        mean, std = values.mean(0), values.std(0)
+        steps = [r["step"] for r in series[0][:n]]
+        ax.plot(steps, mean, color=color, **style)
+        ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.18 if part else 0.1, linewidth=0)
+
+
 def plot_curves(rows: list[dict], path: str | Path, title: str = "") -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     draw_curves(ax, rows, color="C0", label="test error")

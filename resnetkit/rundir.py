@@ -12,6 +12,7 @@ metrics.jsonl is append-only, and a line torn by a crash is skipped when read ba
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from .checkpoint import atomic_write_text, save_checkpoint, save_weights
 from .config import TrainConfig, to_yaml
+from .errors import UserError
 from .plots import plot_curves
 
 
@@ -43,16 +45,38 @@ def progress_bar(total: int, epoch: int, epochs: int, done: int = 0) -> tqdm:
 class RunDir:
     """The output folder. Every write goes through here; on ranks other than 0 nothing is written."""
 
-    def __init__(self, out: str | Path, enabled: bool, tensorboard: bool = True) -> None:
+    # What a run leaves behind; a new run into the same folder would mix with or replace it.
+    OUTPUTS = ("metrics.jsonl", "layers.jsonl", "checkpoint.pt", "model.safetensors", "summary.json", "curves.png")
+
+    def __init__(self, out: str | Path, enabled: bool, tensorboard: bool = True, *, keep: bool = False,
+                 overwrite: bool = False) -> None:
+        """``keep``: continue the run in ``out`` (--resume). Otherwise a folder that already
+        holds a run is refused, unless ``overwrite`` says to delete that run's files."""
         self.path, self.enabled = Path(out), enabled
         self.tb = None
         if enabled:
-            self.path.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UserError(f"cannot create output folder {self.path}: {e.strerror}") from None
+            if not os.access(self.path, os.W_OK):
+                raise UserError(f"output folder {self.path} is not writable")
+            if not keep:
+                self.clear(overwrite)
             if tensorboard:
                 # Imported here: TensorBoard takes a second to import and is optional (--no-tensorboard).
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(str(self.path))
+
+    def clear(self, overwrite: bool) -> None:
+        held = [self.path / name for name in self.OUTPUTS if (self.path / name).exists()]
+        held += list(self.path.glob("events.out.tfevents.*"))
+        if held and not overwrite:
+            raise UserError(f"{self.path} already holds a run ({held[0].name}); pass --resume to continue it "
+                            "or --overwrite to replace it")
+        for p in held:
+            p.unlink()
 
     @property
     def checkpoint_path(self) -> Path:
@@ -62,12 +86,15 @@ class RunDir:
         if self.enabled:
             atomic_write_text(self.path / "config.yaml", to_yaml(cfg))
 
-    def log(self, row: dict) -> None:
+    def log(self, row: dict, name: str = "metrics.jsonl") -> None:
         if not self.enabled:
             return
-        with open(self.path / "metrics.jsonl", "a") as f:  # append-only; a torn last line is skipped
-            f.write(json.dumps(row) + "\n")
-        if self.tb is not None:
+        try:
+            with open(self.path / name, "a") as f:  # append-only; a torn last line is skipped
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:
+            raise UserError(f"cannot write {self.path / name}: {e.strerror}") from None
+        if self.tb is not None and name == "metrics.jsonl":
             for k, v in row.items():
                 if k not in ("epoch", "step") and isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, row["step"])
@@ -77,10 +104,13 @@ class RunDir:
         return read_metrics(path) if self.enabled and path.exists() else []
 
     def truncate_log(self, step: int) -> None:
-        """On resume, drop rows logged after the checkpoint we restart from (a fresh run: all)."""
-        if self.enabled and (self.path / "metrics.jsonl").exists():
-            rows = [r for r in self.metrics() if r["step"] <= step]
-            atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        """On resume, drop rows logged after the checkpoint we restart from, so that each step
+        is logged once. The layer statistics of step s are taken before it, hence the ``<``."""
+        for name, keep in (("metrics.jsonl", lambda s: s <= step), ("layers.jsonl", lambda s: s < step)):
+            path = self.path / name
+            if self.enabled and path.exists():
+                rows = [r for r in read_metrics(path) if keep(r["step"])]
+                atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def checkpoint(self, state: dict) -> None:
         if self.enabled:

@@ -33,6 +33,7 @@ from .config import TrainConfig, add_arguments, make_config
 from .data import build_loaders
 from .errors import UserError
 from .evaluate import EvalResult, evaluate_model
+from .layerstats import LayerStats
 from .registry import create_model
 from .rundir import RunDir, progress_bar
 from .runtime import autocast, rank_and_world, resolve_device, rng_state, seed_everything, set_rng_state
@@ -182,6 +183,13 @@ class TrainState:
         set_rng_state(state["rng"])
 
 
+def diverged(state: TrainState, run: RunDir, loss: float, step: int) -> None:
+    kept = (f"the last good checkpoint ({run.checkpoint_path}) is kept"
+            if run.checkpoint_path.exists() else "no checkpoint was written yet")
+    raise UserError(f"training diverged: loss is {loss} at step {step}; {kept}. Try a lower --lr "
+                    f"(now {state.cfg.lr:g}) or --max-grad-norm")
+
+
 def run_epoch(state: TrainState, loader, epoch: int, run: RunDir, forward: nn.Module,
               criterion: nn.Module, epochs: int) -> None:
     """Train from ``state.step`` to the end of ``epoch`` or to ``state.total_steps``, whichever
@@ -197,6 +205,10 @@ def run_epoch(state: TrainState, loader, epoch: int, run: RunDir, forward: nn.Mo
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
     bar = progress_bar(steps_per_epoch, epoch, epochs, start_batch)
+    stats = LayerStats(model) if cfg.layer_stats else None
+    # A CPU reads the loss for free, so every step is checked; an accelerator is checked at
+    # log and checkpoint time, where the loop syncs anyway.
+    check_each_step = device.type == "cpu"
     # Sums stay on the device; reading them forces a sync, so it happens only at log time.
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
@@ -206,9 +218,18 @@ def run_epoch(state: TrainState, loader, epoch: int, run: RunDir, forward: nn.Mo
         with autocast(device, cfg.precision):
             logits = forward(x)
             loss = criterion(logits.float(), y)
+        if check_each_step and not math.isfinite(loss.item()):
+            diverged(state, run, loss.item(), state.step + 1)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        record = stats is not None and state.step % cfg.layer_stats == 0
+        if record:
+            stats.before_step()
+        if cfg.max_grad_norm:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         state.optimizer.step()
+        if record:
+            run.log({"step": state.step, **stats.after_step()}, "layers.jsonl")
         state.after_step(t_log)
         loss_sum += loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
@@ -228,7 +249,7 @@ def run_epoch(state: TrainState, loader, epoch: int, run: RunDir, forward: nn.Mo
             mean_loss, acc = loss_sum.item() / seen, correct.item() / seen
             ips = seen / (now - t_log)
             if not math.isfinite(mean_loss):
-                raise UserError(f"training diverged at step {step} (loss {mean_loss}); lower --lr")
+                diverged(state, run, mean_loss, step)
             lr = state.scheduler.get_last_lr()[0]
             run.log({"epoch": step / steps_per_epoch, "step": step, "train_loss": mean_loss,
                      "train_error": 1 - acc, "lr": lr, "images_per_sec": ips, "images": seen})
@@ -238,6 +259,8 @@ def run_epoch(state: TrainState, loader, epoch: int, run: RunDir, forward: nn.Mo
             correct = torch.zeros((), device=device, dtype=torch.int64)
             seen, t_log = 0, clock()
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last_of_epoch:
+            if not math.isfinite(loss_sum.item()):  # never save a diverged state over a good one
+                diverged(state, run, loss_sum.item(), step)
             run.checkpoint(state.state_dict())
             t_log = clock()  # do not bill the write to the training rate
         if step >= state.total_steps:
@@ -278,10 +301,10 @@ def train(cfg: TrainConfig, *, tensorboard: bool = True, verbose: bool = True) -
 
     # Output folder, and resume
     verbose = verbose and rank == 0
-    run = RunDir(cfg.out, rank == 0, tensorboard)
     # Every rank resumes from the one checkpoint rank 0 writes; after torchrun restarts a failed
     # group (--max-restarts), the run resumes on its own.
     resume = cfg.resume or distributed.restart_count() > 0
+    run = RunDir(cfg.out, rank == 0, tensorboard, keep=resume, overwrite=cfg.overwrite)
     if resume and run.checkpoint_path.exists():
         state.load_state_dict(load_checkpoint(run.checkpoint_path, device), str(run.checkpoint_path))
         if verbose:
