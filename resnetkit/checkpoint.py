@@ -112,7 +112,18 @@ def model_metadata(model: nn.Module, extra: dict | None = None) -> dict[str, str
 def save_weights(path: str | Path, model: nn.Module, extra: dict | None = None) -> None:
     """``model.safetensors`` with rebuild metadata; ``extra`` values are JSON-encoded."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(path, save(tensors, metadata=model_metadata(model, extra)))
+    atomic_write(path, canonical(save(tensors, metadata=model_metadata(model, extra))))
+
+
+def canonical(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted: the library writes the
+    metadata in a random order, so equal weights would not make equal files. Offsets count from
+    the end of the header, so only the header changes (padded with spaces to 8 bytes, as the
+    format asks)."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + blob[8 + n:]
 
 
 def read_metadata(path: str | Path) -> dict:

@@ -667,7 +667,10 @@ class FolderLoader:
         loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(self.data, [order[p] for p in positions]), batch_size=self.batch_size,
             shuffle=False, num_workers=self.workers, collate_fn=collate_skip, persistent_workers=False,
-            pin_memory=self.device.type == "cuda")
+            pin_memory=self.device.type == "cuda",
+            # Its own generator: a DataLoader otherwise draws its base seed from torch's global
+            # one, and a resumed epoch (one more iterator) would shift every draw after it.
+            generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
         for b, (x, y, bad, keep) in enumerate(loader):
             self.skipped += len(bad)
             for path, reason in bad:

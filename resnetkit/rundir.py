@@ -26,12 +26,21 @@ from .plots import plot_curves
 
 
 def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a JSON-lines log (metrics.jsonl, layers.jsonl). A line that is not a JSON object
+    with an integer "step", as every row we write has, is skipped: a line torn by a crash
+    mid-append (even mid-character), or damage, must not stop a resume or a report."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
     rows = []
-    for line in Path(path).read_text().splitlines():
+    for line in raw.splitlines():
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line torn by a crash mid-append
+            row = json.loads(line)
+        except (ValueError, RecursionError):  # bad JSON or UTF-8, a 5000-digit number, [[[[...
+            continue
+        if isinstance(row, dict) and type(row.get("step")) is int:
+            rows.append(row)
     return rows
 
 

@@ -159,7 +159,8 @@ class TrainState:
         cfg = self.cfg
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "step": self.step,
-                 "epoch": self.step // self.steps_per_epoch, "train_time": self.train_time, "rng": rng_state(),
+                 "epoch": self.step // self.steps_per_epoch, "train_time": self.train_time,
+                 "elapsed": self.elapsed, "rng": rng_state(),
                  "model_name": cfg.model, "model_args": dict(self.model.model_args),
                  "config": dataclasses.asdict(cfg)}
         if self.ema is not None:
@@ -177,7 +178,8 @@ class TrainState:
                 raise UserError(f"{where} was saved without --ema; resume without it or start afresh")
             self.ema.load_state_dict(state["ema"])
         self.step, self.train_time = state["step"], state["train_time"]
-        self.elapsed = self.train_time
+        # The clock --time-limit decided on, which excludes the logging after that step.
+        self.elapsed = state.get("elapsed", self.train_time)
         if self.out_of_time():
             self.total_steps = self.step  # resumed a run that had used up its time
         set_rng_state(state["rng"])
@@ -212,7 +214,7 @@ def run_epoch(state: TrainState, loader, epoch: int, run: RunDir, forward: nn.Mo
     # Sums stay on the device; reading them forces a sync, so it happens only at log time.
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen, t_log = 0, clock()
+    seen, t_log, spent = 0, clock(), 0.0  # spent: training seconds since the last log row
     for x, y in loader.epoch(epoch, start_batch):
         x = x.contiguous(memory_format=memory_format)
         with autocast(device, cfg.precision):
@@ -242,12 +244,13 @@ def run_epoch(state: TrainState, loader, epoch: int, run: RunDir, forward: nn.Mo
                 torch.cuda.synchronize()
             now = clock()
             state.train_time += now - t_log
+            spent += now - t_log
             if distributed.active():  # what every rank saw, logged once by rank 0
                 totals = distributed.all_sum(torch.stack([loss_sum.double(), correct.double(),
                                                           torch.tensor(seen, dtype=torch.float64, device=device)]))
                 loss_sum, correct, seen = totals[0], totals[1], int(totals[2])
             mean_loss, acc = loss_sum.item() / seen, correct.item() / seen
-            ips = seen / (now - t_log)
+            ips = seen / spent
             if not math.isfinite(mean_loss):
                 diverged(state, run, mean_loss, step)
             lr = state.scheduler.get_last_lr()[0]
@@ -257,12 +260,15 @@ def run_epoch(state: TrainState, loader, epoch: int, run: RunDir, forward: nn.Mo
             bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{100 * acc:.2f}%", img_s=f"{ips:.0f}")
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.int64)
-            seen, t_log = 0, clock()
+            seen, t_log, spent = 0, clock(), 0.0
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last_of_epoch:
             if not math.isfinite(loss_sum.item()):  # never save a diverged state over a good one
                 diverged(state, run, loss_sum.item(), step)
+            now = clock()  # bill the steps so far, but not the write, to the training time
+            state.train_time += now - t_log
+            spent += now - t_log
             run.checkpoint(state.state_dict())
-            t_log = clock()  # do not bill the write to the training rate
+            t_log = clock()
         if step >= state.total_steps:
             break
     bar.close()
