@@ -27,7 +27,6 @@ from torch import nn
 from .errors import UserError
 from .registry import create_model
 
-
 # Tests of crash safety set this to hold every write half-done for that many seconds.
 _PAUSE = float(os.environ.get("RESNETKIT_TEST_WRITE_PAUSE", "0") or 0)
 

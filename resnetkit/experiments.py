@@ -308,7 +308,7 @@ def add_cli(sub, more: dict | None = None) -> argparse.ArgumentParser:
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--depths", type=int, nargs="+", default=None,
-                   help="degradation (default 20 32 44 56), gradients (20 56 110), responses (20 56)")
+                   help="degradation (default 20 32 44 56), gradients (20 56 110; quick 20 56), responses (20 56)")
     p.add_argument("--resnet-depths", type=int, nargs="+", default=None,
                    help="degradation, responses: ResNet depths if not --depths (e.g. add 110 without plain-110)")
     p.add_argument("--depth", type=int, default=20, help="shortcuts")

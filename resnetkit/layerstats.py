@@ -50,7 +50,8 @@ def weighted_layers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
 def _norms(tensors: list[torch.Tensor | None]) -> torch.Tensor:
     """L2 norms as one float32 tensor; ``None`` counts as 0. Stacked so that reading them is one
     device sync, not one per layer (ResNet-110 has 111 layers)."""
-    return torch.stack([torch.linalg.vector_norm(t.float()) if t is not None else torch.zeros(())
+    device = next((t.device for t in tensors if t is not None), torch.device("cpu"))
+    return torch.stack([torch.linalg.vector_norm(t.float()) if t is not None else torch.zeros((), device=device)
                         for t in tensors])
 
 

@@ -11,6 +11,7 @@ metrics.jsonl is append-only, and a line torn by a crash is skipped when read ba
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -93,7 +94,9 @@ class RunDir:
 
     def write_config(self, cfg: TrainConfig) -> None:
         if self.enabled:
-            atomic_write_text(self.path / "config.yaml", to_yaml(cfg))
+            # The run's settings, not how this command was started: a resumed run's file stays the same.
+            atomic_write_text(self.path / "config.yaml", to_yaml(dataclasses.replace(cfg, resume=False,
+                                                                                     overwrite=False)))
 
     def log(self, row: dict, name: str = "metrics.jsonl") -> None:
         if not self.enabled:

@@ -217,8 +217,8 @@ def test_divergence_stops_at_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
 
 
 def test_max_grad_norm_bounds_the_update(tmp_path, monkeypatch):
-    """Plain SGD (no momentum, decay or EMA; cosine starts at the full lr) moves the weights by lr x the clipped gradient, so one
-    step changes them by exactly lr x max_grad_norm in L2 when clipping is active."""
+    """Plain SGD (no momentum, decay or EMA; cosine starts at the full lr) moves the weights by
+    lr x the clipped gradient, so one step moves them by exactly lr x max_grad_norm in L2."""
     starts = []
     build = train_module.build_model
 
