@@ -33,7 +33,7 @@ demo: setup data
 
 # Two pytest workers of one thread each: OpenMP threads beyond the core count spin and stall.
 test: setup data browser
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup --durations=20
 
 test-slow: setup data browser
 	$(PY) -m pytest -q --runslow

@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import re
+import reprlib
 import secrets
 import time
 from pathlib import Path
@@ -139,7 +140,7 @@ def read_metadata(path: str | Path) -> dict:
     for k, v in raw.items():
         try:
             meta[k] = json.loads(v)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, a 5000-digit number, [[[[...: kept as text
             meta[k] = v
     return meta
 
@@ -151,47 +152,74 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
         ckpt = load_checkpoint(path, map_location)
         if "model_name" not in ckpt:
             raise UserError(f"{path} has no model name: not a resnetkit checkpoint")
-        model = rebuild(path, ckpt["model_name"], ckpt.get("model_args"))
-        fill(model, ckpt.get("model"), path)
+        tensors = ckpt.get("model")
+        if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+            raise UserError(f"{path} holds no weights")
+        model = rebuild(path, ckpt["model_name"], ckpt.get("model_args"),
+                        {k: tuple(v.shape) for k, v in tensors.items()})
+        model.load_state_dict(tensors)
         return model
     meta = read_metadata(path)
     if not meta.get("model_name"):
         raise UserError(f"{path} has no model_name metadata: not written by resnetkit")
-    model = rebuild(path, meta["model_name"], meta.get("model_args", {}))
     try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         tensors = load_file(str(path), device=str(map_location))
     except (SafetensorError, OSError) as e:
         raise UserError(f"not a valid safetensors file: {path} ({e})") from None
-    fill(model, tensors, path)
+    model = rebuild(path, meta["model_name"], meta.get("model_args", {}), shapes)
+    model.load_state_dict(tensors)
     model.metadata, model.source = meta, str(path)
     return model
 
 
-def rebuild(path: Path, name, args) -> nn.Module:
-    """The network a file's metadata describes, or a clear error if it names none we can build."""
+def rebuild(path: Path, name, args, shapes: dict[str, tuple[int, ...]]) -> nn.Module:
+    """The network a file's metadata describes, once it is known to fit the tensors the file holds
+    (``shapes``), or a clear error. The metadata is the stranger's word: it is checked on a
+    parameterless ("meta") copy first, so that arguments asking for a network far larger than the
+    file (a 360 GB layer) cost no memory; a block count beyond the file's tensor count, which
+    would take hours to build even there, is refused first."""
     if not isinstance(name, str) or not isinstance(args, dict):
-        raise UserError(f"{path}: malformed model metadata (model_name {name!r}, model_args {args!r})"[:300])
+        raise UserError(f"{path}: malformed model metadata (model_name {reprlib.repr(name)}, "
+                        f"model_args {reprlib.repr(args)})")
+    blocks = sum(_ints(args.get("blocks")))  # each block holds tensors: more blocks than tensors cannot fit
+    if blocks > len(shapes):
+        raise UserError(f"{path}: its metadata asks for {blocks:,} blocks, more than the {len(shapes)} "
+                        f"tensors the file holds ({name} with {reprlib.repr(args)})")
     try:
+        with torch.device("meta"):
+            fit(create_model(name, **args), shapes, path)
         return create_model(name, **args)
     except UserError as e:
-        raise UserError(f"{path}: {e}") from None
-    except (TypeError, ValueError, RuntimeError, IndexError, ZeroDivisionError) as e:
-        raise UserError(f"{path}: {name} cannot be built with {args}: {e}"[:300]) from None
+        raise UserError(f"{path}: {e}" if str(path) not in str(e) else str(e)) from None
+    except (TypeError, ValueError, RuntimeError, IndexError, ZeroDivisionError, OverflowError) as e:
+        raise UserError(f"{path}: {name} cannot be built with {reprlib.repr(args)}: {str(e)[:200]}") from None
 
 
-def fill(model: nn.Module, tensors, path: Path) -> None:
-    """load_state_dict, with a mismatch named key by key instead of PyTorch's page of them."""
-    own = model.state_dict()
-    if not isinstance(tensors, dict):
-        raise UserError(f"{path} holds no weights")
-    missing = [k for k in own if k not in tensors]
-    unexpected = [k for k in tensors if k not in own]
-    wrong = [k for k in own if k in tensors and getattr(tensors[k], "shape", None) != own[k].shape]
+def _ints(value) -> list[int]:
+    """Every integer in a JSON value (bools are not numbers here)."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [i for v in value for i in _ints(v)]
+    if isinstance(value, dict):
+        return [i for v in value.values() for i in _ints(v)]
+    return []
+
+
+def fit(model: nn.Module, shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+    """Do a file's tensors fit the model? A mismatch named key by key, not PyTorch's page of them."""
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [k for k in own if k not in shapes]
+    unexpected = [k for k in shapes if k not in own]
+    wrong = [k for k in own if k in shapes and shapes[k] != own[k]]
     for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape at", wrong)):
         if keys:
             raise UserError(f"weights in {path} do not fit {getattr(model, 'model_name', 'the model')}: "
                             f"{what} {', '.join(keys[:3])}" + (f" and {len(keys) - 3} more" if len(keys) > 3 else ""))
-    model.load_state_dict(tensors)
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
@@ -26,15 +27,16 @@ from .blocks import SHORTCUTS, VERSIONS
 from .data import DATASETS, NORMALIZATIONS
 from .errors import UserError
 from .registry import create_model, list_models
+from .runtime import native_bf16
 
 # Recipes: overrides of the defaults. Units are in the comments.
 RECIPES: dict[str, dict] = {
     # Tuned for Fashion-MNIST / MNIST on a 2-core CPU (docs/benchmarks.md):
-    # bf16 autocast and channels_last make oneDNN's fast kernels available.
+    # bf16 autocast (where the CPU has it natively) and channels_last make oneDNN's fast kernels available.
     "fast": {
         "epochs": 7, "batch_size": 256, "lr": 0.2, "nesterov": True, "weight_decay": 5e-4,
         "schedule": "onecycle", "label_smoothing": 0.1, "pad": 2, "flip": True,
-        "precision": "bf16", "channels_last": True, "tta": True,
+        "precision": "auto", "channels_last": True, "tta": True,
     },
     # He et al. 2016, Sec. 4.2: SGD 0.9, wd 1e-4, batch 128, lr 0.1 /10 at 32k and 48k
     # iterations, 64k in all; 4-pixel padding, 32x32 crops, flips. The paper warms ResNet-110
@@ -111,7 +113,9 @@ class TrainConfig:
 
     seed: int = setting(0, "seed of every random draw", group="runtime")
     device: str = setting("auto", "where to train", group="runtime", choices=("auto", "cpu", "cuda"))
-    precision: str = setting("fp32", "fp32, or bf16 autocast", group="runtime", choices=("fp32", "bf16"))
+    precision: str = setting("fp32", "fp32, bf16 autocast, or auto: bf16 where the device computes it natively "
+                             "(AVX-512 BF16/AMX CPUs, Ampere+ GPUs), else fp32; config.yaml records the choice",
+                             group="runtime", choices=("fp32", "bf16", "auto"))
     channels_last: bool = setting(False, "NHWC memory format", group="runtime")
     compile: bool = setting(False, "torch.compile the model", group="runtime")
     sync_bn: bool = setting(False, "under torchrun: batch statistics over the global batch (SyncBatchNorm)",
@@ -240,7 +244,9 @@ def read_yaml(path: str | Path) -> dict:
         raise UserError(f"unknown setting {unknown[0]!r} in {path}{did_you_mean(unknown[0])}")
     for name, value in values.items():
         if not fits(value, _TYPES[name]):
-            raise UserError(f"setting {name!r} in {path} must be {type_name(_TYPES[name])}, got {value!r}"[:300])
+            # reprlib: a YAML alias bomb expands to billions of elements, all of them in a plain repr
+            raise UserError(f"setting {name!r} in {path} must be {type_name(_TYPES[name])}, "
+                            f"got {reprlib.repr(value)}")
     return values
 
 
@@ -275,18 +281,32 @@ def make_config(flags: dict | None = None, config_file: str | Path | None = None
         raise UserError(f"unknown setting {unknown[0]!r}{did_you_mean(unknown[0])}")
     recipe = flags.get("recipe") or from_file.get("recipe") or TrainConfig.recipe
     if recipe not in RECIPES:
-        raise UserError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+        where = "" if "recipe" in flags else f" in {config_file}"
+        raise UserError(f"unknown recipe {recipe!r}{where}; choose from {', '.join(RECIPES)}")
     chosen = {**from_file, **flags}
+    cfg = TrainConfig(**{**RECIPES[recipe], **chosen})
     try:
-        cfg = TrainConfig(**{**RECIPES[recipe], **chosen})
-    except TypeError as e:
-        raise UserError(f"bad settings: {e}") from None
-    cfg.validate()
+        cfg.validate()
+    except UserError as e:
+        # Name the file when its settings are wrong on their own, not only with the flags.
+        if from_file and not _valid(TrainConfig(**{**RECIPES[recipe], **from_file})):
+            raise UserError(f"{e} (in {config_file})") from None
+        raise
+    if cfg.precision == "auto":
+        cfg.precision = "bf16" if native_bf16(cfg.device) else "fp32"
     if recipe == "paper-cifar" and "warmup" not in chosen:
         # Decided by the network's real depth, not its name: resnext50_32x4d is 50 layers deep.
         if check_model(cfg.model, cfg.model_kwargs()).depth >= 110:
             cfg.warmup = PAPER_WARMUP
     return cfg
+
+
+def _valid(cfg: TrainConfig) -> bool:
+    try:
+        cfg.validate()
+    except UserError:
+        return False
+    return True
 
 
 def to_yaml(cfg: TrainConfig) -> str:

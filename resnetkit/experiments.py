@@ -29,7 +29,7 @@ from .checkpoint import atomic_write_text
 from .config import make_config
 from .errors import UserError
 from .plots import draw_band, plt, save_figure
-from .rundir import read_metrics
+from .rundir import RunInUse, read_metrics
 from .train import train
 
 # Paper Table 6, CIFAR-10 test error (%) of the ResNets; plain nets are shown only as curves.
@@ -39,7 +39,7 @@ PAPER_TABLE3 = {"A": 25.03, "B": 24.52, "C": 24.19, "none": 28.54}
 
 # One recipe for every run: the paper's CIFAR recipe (SGD 0.9, wd 1e-4, batch 128, lr 0.1
 # divided by 10 at 50% and 75% of training, padding + crop + flip), shortened to `epochs`.
-def recipe(quick: bool, epochs: int | None, precision: str = "bf16") -> dict:
+def recipe(quick: bool, epochs: int | None, precision: str = "auto") -> dict:
     """``precision``: bf16 where the CPU computes it natively (AVX-512 BF16, AMX); fp32 on
     CPUs that only emulate it (AVX2), where bf16 is many times slower."""
     common = {"recipe": "paper-cifar", "max_steps": 0, "milestones": [], "precision": precision,
@@ -99,6 +99,23 @@ def run_one(name: str, kwargs: dict, common: dict, seed: int, out: Path, resume:
     return {"name": name, "seed": seed, "params": summary["params"],
             "final_train_error": final_train_error(rows), "final_test_error": summary["test_error"],
             "train_time_sec": summary["train_time_sec"], "run_dir": str(run_dir.relative_to(out))}
+
+
+def run_many(jobs: list[tuple[str, dict, int]], common: dict, out: Path, resume: bool, quiet: bool) -> list[dict]:
+    """``run_one`` for each (name, model settings, seed), in order. Copies of one experiment
+    command started with --resume share its runs, one copy per core: a run that another copy
+    is training (its folder is locked) is passed over, and waited for at the end."""
+    done: dict[int, dict] = {}
+    for wait in (False, True):
+        for i, (name, kwargs, seed) in enumerate(jobs):
+            while i not in done:
+                try:
+                    done[i] = run_one(name, kwargs, common, seed, out, resume, quiet)
+                except RunInUse:
+                    if not wait:
+                        break
+                    time.sleep(10)
+    return [done[i] for i in range(len(jobs))]
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -193,10 +210,14 @@ def write_outputs(out: Path, result: dict, table_text: str) -> None:
     atomic_write_text(out / "README.md", "\n".join(readme))
 
 
+CURVES_CAPTION = ("Training error dashed (running, under augmentation), test error bold, one colour per model; "
+                  "with several seeds the curves are the mean and the band mean ± std.")
+
+
 def degradation(out: str | Path, depths: list[int] = (20, 32, 44, 56), data: str = "fashion-mnist",
                 data_dir: str | None = None, seeds: int = 1, quick: bool = False, epochs: int | None = None,
                 resume: bool = False, quiet: bool = False, command: str = "",
-                resnet_depths: list[int] | None = None, precision: str = "bf16") -> dict:
+                resnet_depths: list[int] | None = None, precision: str = "auto") -> dict:
     """Plain and residual nets of ``depths`` (ResNets of ``resnet_depths`` if given, for a
     ResNet-110 without its costly plain twin), every model under each seed in turn: an
     interrupted experiment has all models at the seeds it finished, not all seeds of a few."""
@@ -205,8 +226,8 @@ def degradation(out: str | Path, depths: list[int] = (20, 32, 44, 56), data: str
     t0 = time.perf_counter()
     models_by_family = {"plain": list(depths), "resnet": list(resnet_depths or depths)}
     fields = {f"{fam}{d}": {"family": fam, "depth": d} for fam, ds in models_by_family.items() for d in ds}
-    runs = [run_one(name, {"model": name}, common, seed, out, resume, quiet)
-            for seed in range(seeds) for name in fields]
+    runs = run_many([(name, {"model": name}, seed) for seed in range(seeds) for name in fields],
+                    common, out, resume, quiet)
     curves = {"plain": [], "resnet": []}
     for name, f in fields.items():
         label = f"{'plain' if f['family'] == 'plain' else 'ResNet'}-{f['depth']}"
@@ -248,6 +269,7 @@ def degradation(out: str | Path, depths: list[int] = (20, 32, 44, 56), data: str
               "machine": machine(),
               "wall_time_sec": time.perf_counter() - t0,
               "train_time_total_sec": sum(r["train_time_sec"] for r in runs), "models": models, "runs": runs,
+              "caption": CURVES_CAPTION,
               "paper_note": "CIFAR-10 test error from the paper's Table 6 (a different dataset: for scale only)",
               "conclusion": conclusion, "degradation_shown": shows}
     text = table(models, PAPER_TABLE6, "depth", "Table 6")
@@ -260,19 +282,16 @@ def degradation(out: str | Path, depths: list[int] = (20, 32, 44, 56), data: str
 def shortcuts(out: str | Path, depth: int = 20, data: str = "fashion-mnist", data_dir: str | None = None,
               seeds: int = 1, quick: bool = False, epochs: int | None = None, resume: bool = False,
               quiet: bool = False, command: str = "", options: tuple[str, ...] = ("A", "B", "C", "none"),
-              precision: str = "bf16") -> dict:
+              precision: str = "auto") -> dict:
     out = Path(out)
     common = {**recipe(quick, epochs, precision), "data": data, "data_dir": data_dir}
     t0 = time.perf_counter()
-    runs, fields, curves = [], {}, []
-    for option in options:
-        name = f"resnet{depth}-{option}"
-        fields[name] = {"option": option, "depth": depth, "family": "plain" if option == "none" else "resnet"}
-        for seed in range(seeds):
-            runs.append(run_one(name, {"model": f"resnet{depth}", "shortcut": option}, common, seed, out,
-                                resume, quiet))
-        curves.append((f"option {option}", [read_metrics(out / r["run_dir"] / "metrics.jsonl")
-                                            for r in runs[-seeds:]]))
+    fields = {f"resnet{depth}-{o}": {"option": o, "depth": depth, "family": "plain" if o == "none" else "resnet"}
+              for o in options}
+    runs = run_many([(name, {"model": f"resnet{depth}", "shortcut": f["option"]}, seed)
+                     for name, f in fields.items() for seed in range(seeds)], common, out, resume, quiet)
+    curves = [(f"option {f['option']}", [read_metrics(out / r["run_dir"] / "metrics.jsonl")
+                                         for r in runs if r["name"] == name]) for name, f in fields.items()]
     models = aggregate(runs, fields)
     by = {m["option"]: m for m in models}
     conclusion = [compare(by[o], by["A"], "test_error", "test error") for o in options if o != "A"]
@@ -286,6 +305,7 @@ def shortcuts(out: str | Path, depth: int = 20, data: str = "fashion-mnist", dat
               "machine": machine(),
               "wall_time_sec": time.perf_counter() - t0,
               "train_time_total_sec": sum(r["train_time_sec"] for r in runs), "models": models, "runs": runs,
+              "caption": CURVES_CAPTION,
               "paper_note": "ImageNet top-1 error of ResNet-34 from the paper's Table 3 (another dataset "
                             "and depth: for the ordering only)",
               "conclusion": conclusion}
@@ -314,8 +334,9 @@ def add_cli(sub, more: dict | None = None) -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=20, help="shortcuts")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--epochs", type=int, default=None, help="default 3, gradients 1 (quick: 1 on a subset)")
-    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
-                   help="fp32 on CPUs without native bf16 (AVX2 only), where bf16 is emulated and slow")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 where the device computes it natively, else fp32 (bf16 is emulated, "
+                        "and many times slower, on AVX2-only CPUs)")
     p.add_argument("--quick", action="store_true", help="a few hundred steps on a subset (< 2 min)")
     p.add_argument("--resume", action="store_true", help="keep finished runs, resume unfinished ones")
     p.set_defaults(func=cmd_experiment, more=more)

@@ -257,7 +257,7 @@ def gradient_conclusions(by: dict[str, dict], depths: list[int]) -> list[str]:
 def gradients(out: str | Path, depths: list[int] | None = None, data: str = "fashion-mnist",
               data_dir: str | None = None, seeds: int = 1, quick: bool = False, epochs: int | None = None,
               every: int | None = None, resume: bool = False, quiet: bool = False, command: str = "",
-              precision: str = "bf16") -> dict:
+              precision: str = "auto") -> dict:
     """Plain and ResNet of each depth (default 20, 56, 110; quick: 20, 56), trained ``epochs``
     (default 1: the early steps are where plain and residual nets differ most) with per-layer
     statistics every ``every`` steps."""
@@ -268,8 +268,8 @@ def gradients(out: str | Path, depths: list[int] | None = None, data: str = "fas
     common = {**experiments.recipe(quick, epochs or 1, precision), "data": data, "data_dir": data_dir}
     t0 = time.perf_counter()
     fields = model_fields(depths)
-    runs = [experiments.run_one(name, {"model": name, "layer_stats": every}, common, seed, out, resume, quiet)
-            for seed in range(seeds) for name in fields]
+    runs = experiments.run_many([(name, {"model": name, "layer_stats": every}, seed)
+                                 for seed in range(seeds) for name in fields], common, out, resume, quiet)
     curves = {name: layer_curves([out / r["run_dir"] for r in runs if r["name"] == name]) for name in fields}
     models = experiments.aggregate(runs, fields)
     for m in models:
@@ -287,6 +287,9 @@ def gradients(out: str | Path, depths: list[int] | None = None, data: str = "fas
         "description": "Plain networks and ResNets of the same depths trained with one recipe, recording every "
                        "layer's gradient norm and relative update |Δw|/|w| (does the gradient reach the first "
                        "layers, and do they learn as fast as the last ones?).",
+        "caption": "Per-layer gradient norm (top) and relative update |Δw|/|w| per step (bottom) against the "
+                   "layer index at several moments of training, and the first conv's value over the last "
+                   "conv's through training (right), one curve per model, mean over seeds; log scales.",
         "data": data, "seeds": seeds, "quick": quick, "every": every, "recipe": common,
         "settings": experiments.settings(common), "machine": experiments.machine(),
         "wall_time_sec": time.perf_counter() - t0,
@@ -420,7 +423,7 @@ def responses(out: str | Path, depths: list[int] = (20, 56), resnet_depths: list
               source: str | Path = "results/degradation", data: str = "fashion-mnist", data_dir: str | None = None,
               seeds: int = 1, quick: bool = False, epochs: int | None = None, test_subset: int = 0,
               device: str = "auto", resume: bool = False, quiet: bool = False, command: str = "",
-              precision: str = "bf16") -> dict:
+              precision: str = "auto") -> dict:
     """Response stds of trained plain nets of ``depths`` and ResNets of ``resnet_depths`` (default
     ``depths``): every seed found in ``source``'s runs, or with ``quick`` ``seeds`` runs trained
     in OUT/runs. ``test_subset``: measure on the first N test images (0: all; quick: the recipe's)."""
@@ -429,8 +432,8 @@ def responses(out: str | Path, depths: list[int] = (20, 56), resnet_depths: list
     t0 = time.perf_counter()
     if quick:
         common = {**experiments.recipe(True, epochs, precision), "data": data, "data_dir": data_dir}
-        runs = [experiments.run_one(name, {"model": name}, common, seed, out, resume, quiet)
-                for seed in range(seeds) for name in fields]
+        runs = experiments.run_many([(name, {"model": name}, seed) for seed in range(seeds) for name in fields],
+                                    common, out, resume, quiet)
         test_subset = test_subset or common["test_subset"]
         where = out
     else:
@@ -474,6 +477,8 @@ def responses(out: str | Path, depths: list[int] = (20, 56), resnet_depths: list
         "experiment": "responses", "command": command,
         "description": "The std of each 3x3 layer's response (after BN, before the addition and the ReLU) on the "
                        "test set, for trained plain networks and ResNets (paper Fig. 7).",
+        "caption": "Std of each 3x3 layer's response (after BN, before the addition and the ReLU) on the test "
+                   "set, by layer index (top) and sorted by magnitude (bottom), as in the paper's Fig. 7.",
         "data": data, "seeds": n_seeds, "quick": quick, "source": None if quick else str(source),
         "test_subset": test_subset, "recipe": common if quick else {"from": str(source)},
         "settings": experiments.settings(common) if quick else run_settings(out / runs[0]["run_dir"]),

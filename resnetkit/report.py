@@ -24,7 +24,9 @@ import dataclasses
 import html
 import io
 import json
+import math
 import re
+import reprlib
 import tempfile
 from pathlib import Path
 
@@ -75,14 +77,15 @@ def _pct(v: float | None, digits: int = 2) -> str:
 
 
 def _value(v: object) -> str:
-    """A setting as config.yaml spells it: lists comma-separated, booleans lower-case."""
+    """A setting as config.yaml spells it: lists comma-separated, booleans lower-case. Anything
+    else (a hand-edited file) is shown abridged: YAML aliases can nest a billion elements in a line."""
     if v is None:
         return "-"
     if isinstance(v, bool):
         return str(v).lower()
-    if isinstance(v, (list, tuple)):
+    if isinstance(v, (list, tuple)) and all(isinstance(x, (int, float, str)) for x in v):
         return ", ".join(map(str, v)) or "-"
-    return str(v)
+    return str(v) if isinstance(v, (int, float, str)) else reprlib.repr(v)
 
 
 def _pairs(items, changed: set[str] | None = None) -> str:
@@ -98,9 +101,26 @@ def _slug(text: str) -> str:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
+        value = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8, a 5000-digit number
+        raise UserError(f"cannot read {path}: {str(e)[:200]}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"cannot read {path}: it holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def _real(v: object) -> bool:
+    """A number a figure or a format can use: not a bool or a string, not NaN or infinite."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(100 * float(v))  # percentages are drawn: 1e308 would overflow there
+    except OverflowError:  # an integer beyond float's range
+        return False
+
+
+def _plottable(row: dict) -> bool:
+    return _real(row["step"]) and all(_real(row[k]) for k in ("train_error", "test_error") if k in row)
 
 
 def _figure_png(draw, path_name: str = "figure.png") -> bytes:
@@ -117,7 +137,7 @@ def curves_png(run_dir: Path, title: str = "") -> bytes | None:
         return (run_dir / "curves.png").read_bytes()
     if not (run_dir / "metrics.jsonl").is_file():
         return None
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if _plottable(r)]
     return _figure_png(lambda p: plot_curves(rows, p, title=title)) if rows else None
 
 
@@ -140,8 +160,9 @@ def evaluate_run(run_dir: Path, model: torch.nn.Module, config: dict) -> Evaluat
     """Evaluate the saved model on the CPU as training did (``evaluate.evaluate_loaded``: same
     normalisation, precision, memory format, batch size, TTA and ``test_subset``), so the numbers
     match summary.json."""
-    result, classes, loader = evaluate_loaded(model, device="cpu", workers=0,
-                                              test_subset=config.get("test_subset") or 0)
+    subset = config.get("test_subset")
+    subset = subset if isinstance(subset, int) and not isinstance(subset, bool) and subset > 0 else 0
+    result, classes, loader = evaluate_loaded(model, device="cpu", workers=0, test_subset=subset)
     items = [loader.sample(i) for i in range(min(GRID, len(loader.labels)))]
     images = [it for it in items if not isinstance(it, Unreadable)]  # skipped in evaluation too
     preds = result.predictions.tolist()
@@ -254,16 +275,28 @@ def _architecture_svg(model: torch.nn.Module, input_size: tuple[int, ...] | None
     return svg.split("?>", 1)[-1] if svg.startswith("<?xml") else svg
 
 
+# The summary.json values the page formats as numbers; another type there gets a note and a "-".
+_SUMMARY_NUMBERS = ("test_accuracy", "test_error", "test_top5", "final_train_error", "test_loss",
+                    "train_time_sec", "images_per_sec", "params", "epochs")
+
+
 def _run_page(run_dir: Path) -> tuple[str, str, list[str]]:
     """(title, body HTML, notes) of a training run's page."""
     summary = _read_json(run_dir / "summary.json")
     notes: list[str] = []
+    for key in _SUMMARY_NUMBERS:
+        if summary.get(key) is not None and not _real(summary[key]):
+            notes.append(f"summary.json: {key} is {reprlib.repr(summary[key])}, not a number")
+            summary[key] = None
     config: dict = {}
     if (run_dir / "config.yaml").is_file():
         try:
-            config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        except yaml.YAMLError as e:
-            notes.append(f"config.yaml unreadable: {str(e).splitlines()[0]}")
+            config = yaml.safe_load((run_dir / "config.yaml").read_bytes()) or {}
+        except (yaml.YAMLError, ValueError, RecursionError) as e:
+            notes.append(f"config.yaml unreadable: {(str(e).splitlines() or [type(e).__name__])[0]}")
+        if not isinstance(config, dict):
+            notes.append(f"config.yaml unreadable: it holds a {type(config).__name__}, not settings")
+            config = {}
     title = f"{summary.get('model', '?')} on {summary.get('dataset', '?')}"
     parts = [f'<section id="results"><h2>Results</h2>{_metrics_html(summary)}</section>']
 
@@ -327,8 +360,8 @@ def _experiment_page(exp_dir: Path) -> tuple[str, str, list[str]]:
                  f"{_pairs((k, v) for k, v in facts if v is not None)}</section>")
 
     if (exp_dir / "figure.png").is_file():
-        parts.append('<section id="figure"><h2>Comparison</h2><p class="caption">Training error dashed, '
-                     'test error bold, one colour per model (the first seed of each).</p>'
+        caption = r.get("caption") if isinstance(r.get("caption"), str) else ""
+        parts.append(f'<section id="figure"><h2>Comparison</h2><p class="caption">{_e(caption)}</p>'
                      f'{_img((exp_dir / "figure.png").read_bytes(), "comparison figure", "figure wide")}</section>')
     else:
         notes.append(f"no figure.png in {exp_dir}")

@@ -12,6 +12,7 @@ metrics.jsonl is append-only, and a line torn by a crash is skipped when read ba
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import sys
@@ -52,6 +53,10 @@ def progress_bar(total: int, epoch: int, epochs: int, done: int = 0) -> tqdm:
                 disable=not sys.stderr.isatty(), leave=True, dynamic_ncols=True)
 
 
+class RunInUse(UserError):
+    """Another process is training in the folder."""
+
+
 class RunDir:
     """The output folder. Every write goes through here; on ranks other than 0 nothing is written."""
 
@@ -71,6 +76,7 @@ class RunDir:
                 raise UserError(f"cannot create output folder {self.path}: {e.strerror}") from None
             if not os.access(self.path, os.W_OK):
                 raise UserError(f"output folder {self.path} is not writable")
+            self.lock()
             if not keep:
                 self.clear(overwrite)
             if tensorboard:
@@ -78,6 +84,26 @@ class RunDir:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(str(self.path))
+
+    def lock(self) -> None:
+        """Hold an exclusive lock on the folder while training, so that a second process (a
+        repeated --resume, another copy of an experiment) cannot interleave its writes with ours.
+        The lock is on the folder itself (no lock file left behind), and the kernel drops it when
+        this process ends, however it ends."""
+        self._lock = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock)
+            self._lock = None
+            raise RunInUse(f"{self.path} is in use: another resnetkit process is training there") from None
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if getattr(self, "_lock", None) is not None:
+            os.close(self._lock)  # releases the lock
+            self._lock = None
 
     def clear(self, overwrite: bool) -> None:
         held = [self.path / name for name in self.OUTPUTS if (self.path / name).exists()]
@@ -134,5 +160,3 @@ class RunDir:
         save_weights(self.path / "model.safetensors", model, meta)
         atomic_write_text(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
         plot_curves(rows, self.path / "curves.png", title=f"{summary['model']} on {summary['dataset']}")
-        if self.tb is not None:
-            self.tb.close()

@@ -26,6 +26,14 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
 
 
+def native_bf16(device: str) -> bool:
+    """Does ``device`` (auto, cpu, cuda) compute bf16 natively? On CPUs with AVX-512 BF16 or AMX
+    bf16 autocast is the fast path; CPUs with AVX2 only emulate it, many times slower than fp32."""
+    if device != "cpu" and torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def autocast(device: torch.device, precision: str):
     """bf16 autocast for ``precision="bf16"``, nothing for fp32."""
     if precision == "bf16":

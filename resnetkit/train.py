@@ -311,71 +311,74 @@ def train(cfg: TrainConfig, *, tensorboard: bool = True, verbose: bool = True) -
     # group (--max-restarts), the run resumes on its own.
     resume = cfg.resume or distributed.restart_count() > 0
     run = RunDir(cfg.out, rank == 0, tensorboard, keep=resume, overwrite=cfg.overwrite)
-    if resume and run.checkpoint_path.exists():
-        state.load_state_dict(load_checkpoint(run.checkpoint_path, device), str(run.checkpoint_path))
+    try:  # the folder stays locked until the run ends, however it ends
+        if resume and run.checkpoint_path.exists():
+            state.load_state_dict(load_checkpoint(run.checkpoint_path, device), str(run.checkpoint_path))
+            if verbose:
+                print(f"resuming from step {state.step} of {total_steps} ({run.checkpoint_path})", flush=True)
+        elif resume and verbose:
+            print(f"no checkpoint at {run.checkpoint_path}: starting afresh", flush=True)
+        run.truncate_log(state.step)  # a fresh run starts an empty log
+        run.write_config(cfg)
         if verbose:
-            print(f"resuming from step {state.step} of {total_steps} ({run.checkpoint_path})", flush=True)
-    elif resume and verbose:
-        print(f"no checkpoint at {run.checkpoint_path}: starting afresh", flush=True)
-    run.truncate_log(state.step)  # a fresh run starts an empty log
-    run.write_config(cfg)
-    if verbose:
-        n_params = sum(p.numel() for p in model.parameters())
-        ranks = f" x {world} processes" if world > 1 else ""
-        print(f"{cfg.model}: {n_params:,} parameters | {cfg.data}: {len(data.train.labels):,} train / "
-              f"{len(data.test.labels):,} test images | {state.total_steps} steps on {device}{ranks} "
-              f"({cfg.precision})", flush=True)
+            n_params = sum(p.numel() for p in model.parameters())
+            ranks = f" x {world} processes" if world > 1 else ""
+            print(f"{cfg.model}: {n_params:,} parameters | {cfg.data}: {len(data.train.labels):,} train / "
+                  f"{len(data.test.labels):,} test images | {state.total_steps} steps on {device}{ranks} "
+                  f"({cfg.precision})", flush=True)
 
-    def evaluate(final: bool) -> EvalResult:
-        # Test-time flips double the cost of an evaluation: only the final one uses them.
-        result = evaluate_model(state.final_model, data.test, len(data.classes), precision=cfg.precision,
-                                tta=cfg.tta and final, memory_format=memory_format)
-        return gather(result) if world > 1 else result
+        def evaluate(final: bool) -> EvalResult:
+            # Test-time flips double the cost of an evaluation: only the final one uses them.
+            result = evaluate_model(state.final_model, data.test, len(data.classes), precision=cfg.precision,
+                                    tta=cfg.tta and final, memory_format=memory_format)
+            return gather(result) if world > 1 else result
 
-    # The epochs, each ending with a test, a log row and a checkpoint
-    last: EvalResult | None = None
-    while state.step < state.total_steps:
-        run_epoch(state, data.train, state.step // steps_per_epoch, run, forward, criterion, epochs)
-        distributed.average_buffers(state.model, state.ema)  # one set of BN statistics (no-op in one process)
-        last = evaluate(final=state.step >= state.total_steps)
-        epoch = state.step / steps_per_epoch
-        row = {"epoch": epoch, "step": state.step, "test_loss": last.loss, "test_error": last.error,
-               "lr": state.scheduler.get_last_lr()[0], "train_time": state.train_time}
-        if last.top5 is not None:
-            row["test_top5"] = last.top5
-        run.log(row)
-        run.checkpoint(state.state_dict())
-        if verbose:
-            print(f"epoch {epoch:5.2f}  step {state.step:6d}  test acc {100 * last.accuracy:.2f}%"
-                  f"  test loss {last.loss:.4f}  train time {state.train_time:6.1f}s", flush=True)
-    if last is None:  # resumed a finished run
-        last = evaluate(final=True)
+        # The epochs, each ending with a test, a log row and a checkpoint
+        last: EvalResult | None = None
+        while state.step < state.total_steps:
+            run_epoch(state, data.train, state.step // steps_per_epoch, run, forward, criterion, epochs)
+            distributed.average_buffers(state.model, state.ema)  # one set of BN statistics (no-op in one process)
+            last = evaluate(final=state.step >= state.total_steps)
+            epoch = state.step / steps_per_epoch
+            row = {"epoch": epoch, "step": state.step, "test_loss": last.loss, "test_error": last.error,
+                   "lr": state.scheduler.get_last_lr()[0], "train_time": state.train_time}
+            if last.top5 is not None:
+                row["test_top5"] = last.top5
+            run.log(row)
+            run.checkpoint(state.state_dict())
+            if verbose:
+                print(f"epoch {epoch:5.2f}  step {state.step:6d}  test acc {100 * last.accuracy:.2f}%"
+                      f"  test loss {last.loss:.4f}  train time {state.train_time:6.1f}s", flush=True)
+        if last is None:  # resumed a finished run
+            last = evaluate(final=True)
 
-    # The end: summary.json, and model.safetensors with what rebuilds and evaluates it
-    rows = run.metrics()
-    step_rows = [r for r in rows if "train_error" in r]
-    ips = [r["images_per_sec"] for r in step_rows]
-    summary = {
-        "model": cfg.model, "dataset": cfg.data, "params": sum(p.numel() for p in model.parameters()),
-        "steps": state.step, "epochs": state.step / steps_per_epoch,
-        "test_accuracy": last.accuracy, "test_error": last.error, "test_top5": last.top5,
-        "test_loss": last.loss, "final_train_error": step_rows[-1]["train_error"] if step_rows else None,
-        "train_time_sec": state.train_time,
-        "images_per_sec": sorted(ips)[len(ips) // 2] if ips else None,  # median over log intervals
-        "device": str(device), "precision": cfg.precision, "torch": torch.__version__,
-    }
-    meta = {"dataset": cfg.data, "data_dir": cfg.data_dir, "classes": data.classes, "mean": data.mean,
-            "std": data.std, "normalize": cfg.normalize,
-            # How the final evaluation ran, so `resnetkit eval` repeats it exactly.
-            "training": {"precision": cfg.precision, "tta": cfg.tta, "image_size": cfg.image_size,
-                         "channels_last": cfg.channels_last, "eval_batch_size": cfg.eval_batch_size,
-                         "test_accuracy": last.accuracy}}
-    if world > 1:
-        summary["world_size"] = world
-        summary["replicas_identical"] = distributed.replicas_agree(state.final_model)
-    run.finish(state.final_model, meta, summary, rows)
-    distributed.stop()
-    return summary
+        # The end: summary.json, and model.safetensors with what rebuilds and evaluates it
+        rows = run.metrics()
+        step_rows = [r for r in rows if "train_error" in r]
+        ips = [r["images_per_sec"] for r in step_rows]
+        summary = {
+            "model": cfg.model, "dataset": cfg.data, "params": sum(p.numel() for p in model.parameters()),
+            "steps": state.step, "epochs": state.step / steps_per_epoch,
+            "test_accuracy": last.accuracy, "test_error": last.error, "test_top5": last.top5,
+            "test_loss": last.loss, "final_train_error": step_rows[-1]["train_error"] if step_rows else None,
+            "train_time_sec": state.train_time,
+            "images_per_sec": sorted(ips)[len(ips) // 2] if ips else None,  # median over log intervals
+            "device": str(device), "precision": cfg.precision, "torch": torch.__version__,
+        }
+        meta = {"dataset": cfg.data, "data_dir": cfg.data_dir, "classes": data.classes, "mean": data.mean,
+                "std": data.std, "normalize": cfg.normalize,
+                # How the final evaluation ran, so `resnetkit eval` repeats it exactly.
+                "training": {"precision": cfg.precision, "tta": cfg.tta, "image_size": cfg.image_size,
+                             "channels_last": cfg.channels_last, "eval_batch_size": cfg.eval_batch_size,
+                             "test_accuracy": last.accuracy}}
+        if world > 1:
+            summary["world_size"] = world
+            summary["replicas_identical"] = distributed.replicas_agree(state.final_model)
+        run.finish(state.final_model, meta, summary, rows)
+        distributed.stop()
+        return summary
+    finally:
+        run.close()
 
 
 def gather(result: EvalResult) -> EvalResult:

@@ -33,3 +33,8 @@ def torchvision_ref() -> dict:
 @pytest.fixture(scope="session")
 def anchors() -> dict:
     return json.loads((REFERENCE / "anchors.json").read_text())
+
+# Does this CPU compute bf16 natively (AVX-512 BF16 or AMX)? Read from the kernel's flags,
+# independently of PyTorch's own detection. Without it bf16 is emulated, several times slower.
+_CPU_FLAGS = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+NATIVE_BF16 = " avx512_bf16" in _CPU_FLAGS or " amx_bf16" in _CPU_FLAGS

@@ -270,15 +270,6 @@ def pickle_fields(raw: bytes) -> tuple[tuple[int, str], ...]:
     return tuple(found)
 
 
-def cifar_pickle(n: int = 2, **override) -> bytes:
-    batch = {b"batch_label": b"testing batch 1 of 1", b"labels": list(range(n)),
-             b"data": np.arange(n * 3072, dtype=np.uint8).reshape(n, 3072), b"filenames": [b"a.png"] * n}
-    batch.update(override)
-    return pickle.dumps(batch, protocol=2)
-
-
-VALID_BATCH = cifar_pickle()
-
 arrays = st.builds(lambda shape, dtype: np.ones(shape, dtype),
                    st.sampled_from([(), (0,), (2,), (3072,), (0, 3072), (1, 3072), (2, 3072), (2, 3073),
                                     (3072, 2), (2, 3, 32, 32), (2, 0)]),
@@ -521,7 +512,7 @@ def test_image_beyond_pillows_bomb_limit_is_unreadable_before_decoding(tmp_path,
     # (10 000 x 9 000 is over Pillow's limit, where it only warns; its 90 MB of zeros deflate to 90 kB.)
     path.write_bytes(png(width, height, (bytes(width) for _ in range(height if width < 50_000 else 1))))
     for train in (True, False):
-        item = outcome(lambda: read_image(path.parent.parent, train), path, seconds=5, headroom=128 << 20)
+        item = outcome(lambda t=train: read_image(path.parent.parent, t), path, seconds=5, headroom=128 << 20)
         assert isinstance(item, data.Unreadable) and "pixels" in item.reason
 
 
@@ -561,7 +552,7 @@ YAML_BOMB = b"blocks: [&a [1, 1, 1, 1, 1, 1, 1, 1, 1], " + b", ".join(
     b"&%s [%s]" % (bytes([c]), b", ".join([b"*" + bytes([c - 1])] * 9)) for c in range(98, 107)) + b"]\n"
 
 
-@fuzz(250)
+@fuzz(120)
 @given(raw=junk | mutated(VALID_YAML) | yaml_docs)
 @example(raw=b"[" * 5000)
 @example(raw=b"\xff\xfe\x00")
@@ -574,16 +565,12 @@ def test_read_yaml_survives_any_bytes(tmp_path, raw):
         assert isinstance(values, dict) and set(values) <= set(config.FIELDS)
 
 
-@pytest.mark.xfail(strict=True, reason="fix in config.py pending: read_yaml's error message repr()s the "
-                                       "whole value before cutting it to 300 characters")
 def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
     path = tmp_path / "bomb.yaml"
     path.write_bytes(YAML_BOMB)
-    assert outcome(lambda: config.read_yaml(path), path, seconds=5) is None
+    assert outcome(lambda: config.read_yaml(path), path, seconds=2) is None
 
 
-@pytest.mark.xfail(strict=True, reason="fix in config.py pending: make_config's checks of the values (validate) "
-                                       "do not say that the bad value came from the config file")
 @fuzz(100)
 @given(raw=mutated(VALID_YAML) | yaml_docs)
 @example(raw=b"lr: -1\n")
@@ -626,7 +613,7 @@ json_values = st.recursive(
 MODEL_ARGS = ['{"widths": [-3]}', '{"widths": [2, 4]}', '{"blocks": [0, 0, 0]}', '{"num_classes": -1}',
               '{"in_chans": -1}', '{"widths": "abc"}', '{"nope": 1}', "[1, 2]", "not json", "5",
               '{"widths": [2, 4, 8], "blocks": [1, 1, 1], "num_classes": 4}', "[" * 100_000,
-              '{"widths": [100000, 100000, 100000]}', '{"blocks": [100000000, 1, 1]}', "1" * 5000]
+              '{"widths": [100000, 100000, 100000]}', "1" * 5000]
 
 
 @st.composite
@@ -669,8 +656,6 @@ def weights_with(**meta) -> bytes:
     return join_weights(header, body)
 
 
-@pytest.mark.xfail(strict=True, reason="fix in checkpoint.py pending: read_metadata lets json.loads' "
-                                       "RecursionError and ValueError out")
 @fuzz(150)
 @given(raw=junk | lying_weights())
 @example(raw=weights_with(model_args="[" * 100_000))
@@ -682,14 +667,11 @@ def test_read_metadata_survives_lying_headers(tmp_path, raw):
     assert meta is None or isinstance(meta, dict)
 
 
-@pytest.mark.xfail(strict=True, reason="fix in checkpoint.py pending: load lets the model's constructor and "
-                                       "load_state_dict errors out, and allocates what model_args ask")
 @fuzz(60)
 @given(raw=lying_weights())
 @example(raw=weights_with(model_args='{"widths": [-3]}'))
 @example(raw=weights_with(model_args='{"widths": [2, 4, 8], "blocks": [1, 1, 1], "num_classes": 4}'))
 @example(raw=weights_with(model_args='{"widths": [100000, 100000, 100000]}'))
-@example(raw=weights_with(model_args='{"widths": [12000, 12000, 12000]}'))  # 5 GB a layer: fits in RAM
 @example(raw=weights_with(model_args="[1, 2]"))
 @example(raw=weights_with(model_name="5"))
 def test_load_survives_lying_headers(tmp_path, raw):
@@ -698,6 +680,14 @@ def test_load_survives_lying_headers(tmp_path, raw):
     model = outcome(lambda: checkpoint.load(path), path, seconds=20)
     if model is not None:
         assert isinstance(model, torch.nn.Module)
+
+
+@pytest.mark.parametrize("args", ['{"widths": [12000, 12000, 12000]}',  # 5 GB a layer: fits in RAM, is filled
+                                  '{"blocks": [100000000, 1, 1]}'])  # 10^8 blocks: hours of building
+def test_load_refuses_a_model_far_larger_than_its_file(tmp_path, args):
+    path = tmp_path / "big.safetensors"
+    path.write_bytes(weights_with(model_args=args))
+    assert outcome(lambda: checkpoint.load(path), path, seconds=3) is None
 
 
 def test_weights_header_claiming_a_huge_length_is_refused(tmp_path):
@@ -735,7 +725,7 @@ metric_rows = st.lists(st.dictionaries(metric_keys, metric_values, max_size=6) |
 json_files = json_values.map(lambda v: json.dumps(v).encode())
 
 
-@fuzz(300)
+@fuzz(200)
 @given(raw=junk | mutated(VALID_METRICS) | metric_rows)
 @example(raw=b'{"step": 1}\n' + b"[" * 100_000 + b"\n")
 @example(raw=b'{"step": ' + b"1" * 5000 + b"}\n")
@@ -758,26 +748,30 @@ def run_folder(tmp_path: Path) -> Path:
     return run
 
 
-@fuzz(40)
+@fuzz(20)
 @given(name=st.sampled_from(["metrics.jsonl", "summary.json", "config.yaml"]), seed=st.data())
-@example(name="metrics.jsonl", seed=None)
 def test_report_survives_a_corrupt_run_folder(tmp_path, name, seed):
     run = run_folder(tmp_path)
-    valid = (run / name).read_bytes()
-    if seed is None:  # numbers where the plot expects them, but not ones it can draw
-        raw = b'{"step": 1, "train_error": "x"}\n{"step": 2, "test_error": 1e308}\n{"step": 3, "test_error": [1]}\n'
-    else:
-        extra = {"metrics.jsonl": metric_rows, "summary.json": json_files, "config.yaml": yaml_docs}[name]
-        raw = seed.draw(junk | mutated(valid) | extra)
-    put(run / name, raw)
+    extra = {"metrics.jsonl": metric_rows, "summary.json": json_files, "config.yaml": yaml_docs}[name]
+    put(run / name, seed.draw(junk | mutated((run / name).read_bytes()) | extra))
     page = outcome(lambda: report.build_report(run), run / name, seconds=30)
     assert page is None or page.startswith("<!DOCTYPE html>")
 
 
-@pytest.mark.parametrize("summary", [b"[1, 2]", b'{"test_accuracy": "high", "test_loss": "low", "epochs": "x"}',
-                                     b"\xff\xfe\xfd", b"{" * 100_000])
-def test_report_refuses_a_summary_it_cannot_use_naming_it(tmp_path, summary):
+@pytest.mark.parametrize("name,raw", [
+    ("summary.json", b"[1, 2]"),
+    ("summary.json", b'{"test_accuracy": "high", "test_loss": "low", "epochs": "x", "params": 1e999}'),
+    ("summary.json", b"\xff\xfe\xfd"),
+    ("summary.json", b"{" * 100_000),
+    ("config.yaml", b"[1, 2]"),
+    ("config.yaml", b"\xff\xfe\xfd"),
+    ("config.yaml", YAML_BOMB),
+    # numbers where the figure expects them, but not ones it can draw
+    ("metrics.jsonl", b'{"step": 1, "train_error": "x"}\n{"step": 2, "test_error": 1e308}\n'
+                      b'{"step": 3, "test_error": [1]}\n{"step": ' + b"9" * 400 + b', "train_error": 0.5}\n'),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_report_survives_hostile_files(tmp_path, name, raw):
     run = run_folder(tmp_path)
-    (run / "summary.json").write_bytes(summary)
-    page = outcome(lambda: report.build_report(run), run / "summary.json")
+    put(run / name, raw)
+    page = outcome(lambda: report.build_report(run), run / name, seconds=5)
     assert page is None or page.startswith("<!DOCTYPE html>")

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import FASHION_MNIST
+from conftest import FASHION_MNIST, NATIVE_BF16
 from fakedata import write_image_folder, write_mnist
 from onnx import TensorProto, helper
 from PIL import Image
@@ -183,14 +183,16 @@ def test_torchvision_pth_with_model_name(tmp_path):
 
 @pytest.mark.skipif(not FASHION_MNIST.exists(), reason="dataset-fashion-mnist not installed")
 def test_shipped_model_scores_at_least_93_percent_on_the_real_test_set():
-    run = run_cli("eval", "fashion-resnet20", "--json")
+    # As trained (bf16 autocast, flip TTA) where the CPU has native bf16; where it only emulates
+    # bf16 (minutes for 20,000 forward passes) in fp32, which docs/deploy.md measured 0.01 points away.
+    run = run_cli("eval", "fashion-resnet20", "--json", *([] if NATIVE_BF16 else ["--precision", "fp32"]))
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
     assert result["accuracy"] >= 0.93 and result["dataset"] == "fashion-mnist"
     meta = resnetkit.load(shipped_path("fashion-resnet20")).metadata
     # Evaluated as trained, the shipped weights give the accuracy their training recorded: to the
     # image on the CPU they were trained on; bf16 kernels of another CPU may round a few differently.
-    assert result["accuracy"] == pytest.approx(meta["training"]["test_accuracy"], abs=0.001)
+    assert result["accuracy"] == pytest.approx(meta["training"]["test_accuracy"], abs=0.001 if NATIVE_BF16 else 0.002)
     assert result["confusion_png"] is None  # nothing written into the installed package
     assert meta["classes"] == FASHION_MNIST_CLASSES and "git_commit" in meta and "command" in meta
 

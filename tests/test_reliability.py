@@ -15,9 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from fakedata import write_cifar_python, write_mnist
+from fakedata import idx_bytes, write_cifar_python, write_mnist
 from safetensors.torch import save
 
 import resnetkit
@@ -311,6 +312,69 @@ def test_a_finished_run_is_not_overwritten_without_overwrite(tmp_path):
     assert json.loads((out / "summary.json").read_text())["steps"] == 2
 
 
+def test_a_folder_another_process_trains_in_is_refused_and_freed_after(tmp_path):
+    """Two processes resuming one run would interleave their checkpoints and log lines: the
+    second is refused while the first holds the folder, in one line, touching nothing."""
+    mnist = write_mnist(tmp_path / "m", 64, 32)
+    out = tmp_path / "run"
+    base = ["--max-steps", 2, "--data-dir", mnist, "--out", out, *TINY_FLAGS]
+    assert cli("train", *base).returncode == 0
+    before = digest(out)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "
+                               "fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
+                               "print('held', flush=True); time.sleep(60)", str(out)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        one_line_error(cli("train", *base, "--resume"), str(out), "in use")
+        assert digest(out) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cli("train", *base, "--resume").returncode == 0  # the kernel dropped the lock with its holder
+    assert digest(out) == before  # and resuming a finished run changes nothing
+
+
+def test_a_run_that_fails_releases_its_folder(tmp_path, monkeypatch):
+    """A run that stops with an error (here: a NaN loss) frees the folder for the next attempt
+    in the same process, as an experiment's next run or a notebook's retry needs."""
+    build = train_module.build_model
+
+    def poisoned(*a, **kw):
+        model = build(*a, **kw)
+        model.register_forward_hook(lambda module, inputs, output: output * float("nan"))
+        return model
+
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "build_model", poisoned)
+        with pytest.raises(UserError, match="diverged"):
+            train(tiny(tmp_path, max_steps=4), tensorboard=False, verbose=False)
+    assert train(tiny(tmp_path, max_steps=2, overwrite=True), tensorboard=False, verbose=False)["steps"] == 2
+
+
+def test_experiment_copies_share_runs_and_wait_for_each_other(tmp_path, monkeypatch):
+    """Two copies of one experiment command (one per core): each passes over the runs the
+    other holds and waits for them before drawing its tables, so neither trains a run twice."""
+    from resnetkit import experiments
+    from resnetkit.rundir import RunInUse
+
+    held = {("b", 0): 2}  # "b" is busy in another copy for two attempts
+    calls = []
+
+    def fake_run_one(name, kwargs, common, seed, out, resume, quiet):
+        calls.append(name)
+        if held.get((name, seed), 0) > 0:
+            held[(name, seed)] -= 1
+            raise RunInUse("busy")
+        return {"name": name, "seed": seed}
+
+    monkeypatch.setattr(experiments, "run_one", fake_run_one)
+    monkeypatch.setattr(experiments.time, "sleep", lambda s: None)
+    runs = experiments.run_many([("a", {}, 0), ("b", {}, 0), ("c", {}, 0)], {}, tmp_path, True, True)
+    assert [r["name"] for r in runs] == ["a", "b", "c"]  # results in job order
+    assert calls == ["a", "b", "c", "b", "b"]  # b passed over, the others trained, then b waited for
+
+
 # --- 7. every user mistake: one line, exit 2 -------------------------------------------------
 
 
@@ -326,6 +390,11 @@ def test_every_user_mistake_is_one_line_and_exit_2(tmp_path, capsys):
     yaml_typo.write_text("learning_rat: 0.1\nepoch: 3\n")
     yaml_type = tmp_path / "type.yaml"
     yaml_type.write_text("epochs: three\n")
+    truncated = write_mnist(tmp_path / "t", 32, 8, gz=False)
+    images = truncated / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-100])
+    wrong = write_mnist(tmp_path / "w", 32, 8, gz=False)
+    (wrong / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(31, np.uint8)))
     run_r20 = tmp_path / "r20run"
     assert cli("train", "--max-steps", 1, "--data-dir", mnist, "--out", run_r20, *TINY_FLAGS).returncode == 0
     out = ["--out", tmp_path / "o", "--max-steps", 1, "--no-tensorboard"]
@@ -339,6 +408,13 @@ def test_every_user_mistake_is_one_line_and_exit_2(tmp_path, capsys):
         (["train", "--modle", "resnet20", *out], ["unrecognized arguments: --modle", "did you mean --model?"]),
         (["tran"], ["invalid choice: 'tran'"]),
         (["train", "--data", "mnist", "--data-dir", tmp_path / "nowhere", *out], ["nowhere"]),
+        (["train", "--data", "mnist", "--data-dir", truncated, *out], ["train-images-idx3-ubyte"]),
+        (["train", "--data", "mnist", "--data-dir", wrong, *out], ["label count 31"]),
+        (["train", "--data", "folder", "--data-dir", tmp_path / "nofolder", *out], ["nofolder"]),
+        (["train", "--config", tmp_path / "missing.yaml", *out], ["missing.yaml"]),
+        (["train", "--recipe", "paper-mnist", *out], ["unknown recipe"]),
+        (["train", "--ema", "1.5", *out], ["--ema must be in [0, 1)"]),
+        (["train", "--erase", "2", *out], ["--erase must be a probability"]),
         (["train", "--config", yaml_typo, *out], ["typo.yaml", "did you mean 'epochs'"]),
         (["train", "--config", yaml_type, *out], ["type.yaml", "'epochs' in", "must be int"]),
         (["eval", notes, "--data", "mnist", "--data-dir", mnist], ["notes.txt"]),
