@@ -332,6 +332,8 @@ def add_cli(sub, more: dict | None = None) -> argparse.ArgumentParser:
     p.add_argument("--resnet-depths", type=int, nargs="+", default=None,
                    help="degradation, responses: ResNet depths if not --depths (e.g. add 110 without plain-110)")
     p.add_argument("--depth", type=int, default=20, help="shortcuts")
+    p.add_argument("--options", nargs="+", choices=["A", "B", "C", "none"], default=["A", "B", "C", "none"],
+                   help="shortcuts: the options to train (A, the paper's CIFAR choice, is always among them)")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--epochs", type=int, default=None, help="default 3, gradients 1 (quick: 1 on a subset)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
@@ -360,4 +362,4 @@ def cmd_experiment(args: argparse.Namespace) -> None:
     elif args.name == "degradation":
         degradation(args.out, args.depths or [20, 32, 44, 56], resnet_depths=args.resnet_depths, **kw)
     else:
-        shortcuts(args.out, args.depth, **kw)
+        shortcuts(args.out, args.depth, options=tuple(dict.fromkeys(["A", *args.options])), **kw)
