@@ -165,11 +165,10 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
     try:
         with safe_open(str(path), framework="pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        tensors = load_file(str(path), device=str(map_location))
+        model = rebuild(path, meta["model_name"], meta.get("model_args", {}), shapes)
+        model.load_state_dict(load_file(str(path), device=str(map_location)))
     except (SafetensorError, OSError) as e:
         raise UserError(f"not a valid safetensors file: {path} ({e})") from None
-    model = rebuild(path, meta["model_name"], meta.get("model_args", {}), shapes)
-    model.load_state_dict(tensors)
     model.metadata, model.source = meta, str(path)
     return model
 
@@ -183,7 +182,9 @@ def rebuild(path: Path, name, args, shapes: dict[str, tuple[int, ...]]) -> nn.Mo
     if not isinstance(name, str) or not isinstance(args, dict):
         raise UserError(f"{path}: malformed model metadata (model_name {reprlib.repr(name)}, "
                         f"model_args {reprlib.repr(args)})")
-    blocks = sum(_ints(args.get("blocks")))  # each block holds tensors: more blocks than tensors cannot fit
+    # Each block holds tensors: more blocks than the file has tensors cannot fit.
+    listed = args.get("blocks") if isinstance(args.get("blocks"), list) else []
+    blocks = sum(b for b in listed if isinstance(b, int) and not isinstance(b, bool))
     if blocks > len(shapes):
         raise UserError(f"{path}: its metadata asks for {blocks:,} blocks, more than the {len(shapes)} "
                         f"tensors the file holds ({name} with {reprlib.repr(args)})")
@@ -195,19 +196,6 @@ def rebuild(path: Path, name, args, shapes: dict[str, tuple[int, ...]]) -> nn.Mo
         raise UserError(f"{path}: {e}" if str(path) not in str(e) else str(e)) from None
     except (TypeError, ValueError, RuntimeError, IndexError, ZeroDivisionError, OverflowError) as e:
         raise UserError(f"{path}: {name} cannot be built with {reprlib.repr(args)}: {str(e)[:200]}") from None
-
-
-def _ints(value) -> list[int]:
-    """Every integer in a JSON value (bools are not numbers here)."""
-    if isinstance(value, bool):
-        return []
-    if isinstance(value, int):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [i for v in value for i in _ints(v)]
-    if isinstance(value, dict):
-        return [i for v in value.values() for i in _ints(v)]
-    return []
 
 
 def fit(model: nn.Module, shapes: dict[str, tuple[int, ...]], path: Path) -> None:
