@@ -70,11 +70,18 @@ SHOWN_SETTINGS = ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight_
                   "label_smoothing", "pad", "flip", "precision", "train_subset", "test_subset")
 
 
-def settings(common: dict) -> dict:
-    """The recipe as the trainer resolves it (the values every run used)."""
-    cfg = make_config({**common, "model": "resnet20"})
-    return {k: getattr(cfg, k) for k in SHOWN_SETTINGS} | {
-        "milestones": cfg.milestones or "50% and 75% of training"}
+def settings(common: dict, models: list[str]) -> dict:
+    """The recipe as the trainer resolves it for each of ``models``. A value that differs
+    between models is shown with the models it applies to (the paper's warmup for 110+ layers)."""
+    cfgs = {m: make_config({**common, "model": m}) for m in models}
+    shown = {}
+    for k in SHOWN_SETTINGS:
+        by_value: dict = {}
+        for m, cfg in cfgs.items():
+            by_value.setdefault(getattr(cfg, k), []).append(m)
+        shown[k] = next(iter(by_value)) if len(by_value) == 1 else "; ".join(
+            f"{v} ({', '.join(ms)})" for v, ms in by_value.items())
+    return shown | {"milestones": next(iter(cfgs.values())).milestones or "50% and 75% of training"}
 
 
 def final_train_error(rows: list[dict]) -> float:
@@ -194,7 +201,7 @@ def write_outputs(out: Path, result: dict, table_text: str) -> None:
         f"# Experiment: {r['experiment']}", "",
         f"{r['description']}", "",
         "## Command", "", "```bash", r["command"], "```", "",
-        "## Recipe (identical for every run)", "",
+        "## Recipe", "",
         ", ".join(f"{k} {v}" for k, v in r["settings"].items()) + ".", "",
         f"Data: {r['data']}. Seeds: {r['seeds']}. Training time, all runs: "
         f"{r['train_time_total_sec'] / 60:.1f} min (evaluation excluded). Wall time of the command that wrote "
@@ -265,8 +272,8 @@ def degradation(out: str | Path, depths: list[int] = (20, 32, 44, 56), data: str
     result = {"experiment": "degradation", "command": command,
               "description": "Plain networks and ResNets of the same depths trained with one recipe "
                              "(paper Fig. 6 left and middle).",
-              "data": data, "seeds": seeds, "quick": quick, "recipe": common, "settings": settings(common),
-              "machine": machine(),
+              "data": data, "seeds": seeds, "quick": quick, "recipe": common,
+              "settings": settings(common, list(fields)), "machine": machine(),
               "wall_time_sec": time.perf_counter() - t0,
               "train_time_total_sec": sum(r["train_time_sec"] for r in runs), "models": models, "runs": runs,
               "caption": CURVES_CAPTION,
@@ -301,8 +308,8 @@ def shortcuts(out: str | Path, depth: int = 20, data: str = "fashion-mnist", dat
     plot_panels(out, [(f"ResNet-{depth}: shortcut options", curves)], f"Shortcut options on {data}")
     result = {"experiment": "shortcuts", "command": command,
               "description": f"Shortcut options A, B, C and none on ResNet-{depth}, one recipe (paper Table 3).",
-              "data": data, "seeds": seeds, "quick": quick, "recipe": common, "settings": settings(common),
-              "machine": machine(),
+              "data": data, "seeds": seeds, "quick": quick, "recipe": common,
+              "settings": settings(common, [f"resnet{depth}"]), "machine": machine(),
               "wall_time_sec": time.perf_counter() - t0,
               "train_time_total_sec": sum(r["train_time_sec"] for r in runs), "models": models, "runs": runs,
               "caption": CURVES_CAPTION,

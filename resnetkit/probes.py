@@ -84,11 +84,11 @@ def write_readme(out: Path, result: dict, tables: list[str], notes: list[str]) -
     readme = [
         f"# Experiment: {r['experiment']}", "", r["description"], "",
         "## Command", "", "```bash", r["command"], "```", "",
-        "## Recipe (identical for every run)", "",
+        "## Recipe", "",
         ", ".join(f"{k} {v}" for k, v in r["settings"].items()) + ".", "",
         f"Data: {r['data']}. Seeds: {r['seeds']}. Training time, all runs: "
         f"{r['train_time_total_sec'] / 60:.1f} min (evaluation excluded). Wall time of the command that wrote "
-        f"this file: {r['wall_time_sec'] / 60:.1f} min.", "",
+        f"this file: {r['wall_time_sec'] / 60:.1f} min (with `--resume`, finished runs are reused, not re-run).", "",
         f"Machine: {m['processor']}, {m['cpus']} CPUs, torch {m['torch']}"
         + (f", {m['cuda']}" if m["cuda"] else "") + ".", "",
         "## Results", "", *[part for t in tables for part in (t, "")], *notes, "",
@@ -291,7 +291,7 @@ def gradients(out: str | Path, depths: list[int] | None = None, data: str = "fas
                    "layer index at several moments of training, and the first conv's value over the last "
                    "conv's through training (right), one curve per model, mean over seeds; log scales.",
         "data": data, "seeds": seeds, "quick": quick, "every": every, "recipe": common,
-        "settings": experiments.settings(common), "machine": experiments.machine(),
+        "settings": experiments.settings(common, list(fields)), "machine": experiments.machine(),
         "wall_time_sec": time.perf_counter() - t0,
         "train_time_total_sec": sum(r["train_time_sec"] for r in runs), "models": models, "runs": runs,
         # Per model, averaged over seeds: the rows drawn in the figure, and the first/last series.
@@ -481,7 +481,7 @@ def responses(out: str | Path, depths: list[int] = (20, 56), resnet_depths: list
                    "set, by layer index (top) and sorted by magnitude (bottom), as in the paper's Fig. 7.",
         "data": data, "seeds": n_seeds, "quick": quick, "source": None if quick else str(source),
         "test_subset": test_subset, "recipe": common if quick else {"from": str(source)},
-        "settings": experiments.settings(common) if quick else run_settings(out / runs[0]["run_dir"]),
+        "settings": experiments.settings(common, list(fields)) if quick else run_settings(out / runs[0]["run_dir"]),
         "machine": experiments.machine(),
         "wall_time_sec": time.perf_counter() - t0,
         "train_time_total_sec": sum(r["train_time_sec"] for r in runs), "models": models, "runs": runs,

@@ -399,7 +399,7 @@ def _experiment_page(exp_dir: Path) -> tuple[str, str, list[str]]:
     parts.append(f'<section id="conclusion"><h2>What the numbers show</h2><ul class="conclusion">{conclusion}'
                  "</ul></section>")
     parts.append(f'<section id="command"><h2>How it was made</h2><pre>{_e(r.get("command") or "(not recorded)")}'
-                 f'</pre><p class="caption">Recipe, identical for every run:</p>'
+                 f'</pre><p class="caption">Recipe given to every run:</p>'
                  f"{_pairs((r.get('recipe') or {}).items())}</section>")
 
     cards = []
