@@ -128,3 +128,12 @@ def test_published_results_are_consistent(name):
     wall = re.findall(r"Wall time of the command that wrote this file: ([\d.]+) min", readme)
     assert wall and float(wall[0]) == pytest.approx(result["wall_time_sec"] / 60, abs=0.05)
     assert png_is_not_blank(RESULTS / name / "figure.png")
+
+
+def test_settings_name_the_models_a_value_applies_to():
+    # The paper warms up 110-layer nets only (Sec. 4.2): the README must not call the recipe identical.
+    from resnetkit import experiments
+    shown = experiments.settings({**experiments.recipe(False, 5, "fp32"), "data": "fashion-mnist"},
+                                 ["resnet20", "resnet110"])
+    assert shown["warmup"] == "0 (resnet20); 400 (resnet110)"
+    assert shown["lr"] == 0.1 and shown["epochs"] == 5
