@@ -27,6 +27,7 @@ from .blocks import SHORTCUTS, VERSIONS
 from .data import DATASETS, NORMALIZATIONS
 from .errors import UserError
 from .registry import create_model, list_models
+from .resnet import STEMS
 from .runtime import native_bf16
 
 # Recipes: overrides of the defaults. Units are in the comments.
@@ -73,6 +74,9 @@ class TrainConfig:
                                    group="model", choices=SHORTCUTS)
     version: str | None = setting(None, "1: stride on the first 1x1 (paper); 1.5: on the 3x3; 2: pre-activation",
                                   group="model", choices=VERSIONS)
+    stem: str | None = setting(None, "cifar: 3x3 conv; whiten: a frozen 3x3 conv that whitens the training "
+                               "set's patches; imagenet: 7x7/2 conv + max-pool (default: the model's own)",
+                               group="model", choices=STEMS)
     widths: list[int] = setting([], "channels per stage, e.g. 32 64 128 (default: the model's own)", group="model")
     blocks: list[int] = setting([], "blocks per stage, e.g. 1 1 1 (default: the model's own)", group="model")
     zero_init_residual: bool = setting(False, "start each residual branch's last BN at zero", group="model")
@@ -84,11 +88,15 @@ class TrainConfig:
     image_size: int = setting(224, "image folders only: training crop / evaluation crop (pixels)", group="data")
     pad: int = setting(2, "random-crop padding in pixels (in-memory datasets)", group="data")
     flip: bool = setting(True, "random horizontal flips", group="data")
+    alternate_flip: bool = setting(False, "with --flip: flip each image on every other epoch instead of at "
+                                   "random (airbench's alternating flip)", group="data")
     erase: float = setting(0.0, "random-erasing probability per training image (0: off)", group="data")
     normalize: str = setting("dataset", "channel statistics: computed from the training set, or ImageNet's",
                              group="data", choices=NORMALIZATIONS)
     train_subset: int = setting(0, "use only the first N training images (0: all)", group="data")
     test_subset: int = setting(0, "evaluate on the first N test images (0: all)", group="data")
+    holdout: int = setting(0, "train on all but the last N training images and evaluate on those N instead "
+                           "of the test split, to tune without it (0: off)", group="data")
     workers: int = setting(2, "DataLoader workers, image folders only", group="data")
 
     recipe: str = setting("fast", "preset of the settings below", group="optimisation", choices=tuple(RECIPES))
@@ -148,7 +156,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise UserError(f"{flag(name)} must be positive, got {getattr(self, name)}")
         for name in ["epochs", "max_steps", "time_limit", "weight_decay", "momentum", "warmup", "pad",
-                     "label_smoothing", "train_subset", "test_subset", "checkpoint_every", "workers",
+                     "label_smoothing", "train_subset", "test_subset", "holdout", "checkpoint_every", "workers",
                      "max_grad_norm", "layer_stats"]:
             if getattr(self, name) < 0:
                 raise UserError(f"{flag(name)} must not be negative, got {getattr(self, name)}")
@@ -159,6 +167,8 @@ class TrainConfig:
                 raise UserError(f"{flag(name)} must be in [0, 1), got {getattr(self, name)}")
         if self.nesterov and self.momentum <= 0:
             raise UserError("--nesterov needs --momentum above 0 (the fast recipe sets --nesterov; add --no-nesterov)")
+        if self.alternate_flip and not self.flip:
+            raise UserError("--alternate-flip needs --flip")
         if not 0 <= self.erase <= 1:
             raise UserError(f"--erase must be a probability in [0, 1], got {self.erase}")
         check_model(self.model, self.model_kwargs())

@@ -432,13 +432,14 @@ class TensorLoader:
 
     def __init__(
         self, data: ArrayDataset, batch_size: int, *, train: bool, mean: list[float], std: list[float],
-        device: torch.device | str = "cpu", pad: int = 0, flip: bool = False, erase: float = 0.0,
-        seed: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool | None = None,
+        device: torch.device | str = "cpu", pad: int = 0, flip: bool = False, alternate_flip: bool = False,
+        erase: float = 0.0, seed: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool | None = None,
     ) -> None:
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.batch_size, self.train = batch_size, train
         self.mean, self.std, self.pad, self.flip, self.erase = mean, std, pad, flip, erase
+        self.alternate_flip = alternate_flip
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.drop_last = train if drop_last is None else drop_last
         self.device = torch.device(device)
@@ -462,6 +463,12 @@ class TensorLoader:
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 7_919)
             shifts = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=g)[mine]
             flips = (torch.rand(n, generator=g) < 0.5)[mine]
+            if self.alternate_flip:
+                # Keller Jordan's "alternating flip" (airbench): each image is flipped at random
+                # in epoch 0 and then on every other epoch, so consecutive epochs always show
+                # both of its sides. The pattern is per image, not per position in the order.
+                first = torch.rand(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + 104_729)) < 0.5
+                flips = (first ^ bool(epoch % 2))[idx]
             if self.erase:
                 boxes = erase_boxes(n, *self.images.shape[2:], self.erase, g)[mine]
         for b in range(start_batch, len(self)):
@@ -703,6 +710,20 @@ def folder_stats(data: ImageFolder, n: int = 512) -> tuple[list[float], list[flo
 
 # --- from a configuration to loaders ---------------------------------------------------------
 
+def first_images(loader: TensorLoader | FolderLoader, n: int) -> torch.Tensor:
+    """Up to ``n`` normalised training images, the same on every call and every rank (in-memory
+    sets: the first n as stored; image folders: the first batches of epoch 0, on the CPU)."""
+    if isinstance(loader, TensorLoader):
+        return normalize(loader.images[:n], loader.mean, loader.std)
+    out, have = [], 0
+    for x, _ in loader.epoch(0):
+        out.append(x.cpu())
+        have += len(x)
+        if have >= n:
+            break
+    return torch.cat(out)[:n]
+
+
 class Loaders(NamedTuple):
     train: TensorLoader | FolderLoader
     test: TensorLoader | FolderLoader
@@ -729,6 +750,9 @@ def build_loaders(cfg, device: torch.device, rank: int = 0, world: int = 1) -> L
     if cfg.data == "folder":
         if not cfg.data_dir:
             raise UserError("--data folder needs --data-dir (with train/ and val/ sub-folders)")
+        if cfg.holdout or cfg.alternate_flip:
+            raise UserError(f"{'--holdout' if cfg.holdout else '--alternate-flip'} works with the in-memory "
+                            "datasets (fashion-mnist, mnist, cifar10, cifar100), not --data folder")
         root = Path(cfg.data_dir)
         train_root = root / "train" if (root / "train").is_dir() else root
         test_root = _eval_folder(root)
@@ -745,8 +769,16 @@ def build_loaders(cfg, device: torch.device, rank: int = 0, world: int = 1) -> L
         test = FolderLoader(test_set, cfg.eval_batch_size, train=False, **common)
         return Loaders(train, test, train_set.classes, 3, mean, std)
 
-    train_set = _first(load_arrays(cfg.data, cfg.data_dir, train=True), cfg.train_subset)
-    test_set = _first(load_arrays(cfg.data, cfg.data_dir, train=False), cfg.test_subset)
+    train_set = load_arrays(cfg.data, cfg.data_dir, train=True)
+    if cfg.holdout:  # tune on the training set's last images, never on the test split
+        if cfg.holdout >= len(train_set.labels):
+            raise UserError(f"--holdout {cfg.holdout} leaves no training images of {len(train_set.labels)}")
+        cut = len(train_set.labels) - cfg.holdout
+        test_set = replace(train_set, images=train_set.images[cut:], labels=train_set.labels[cut:])
+        train_set = _first(train_set, cut)
+    else:
+        test_set = load_arrays(cfg.data, cfg.data_dir, train=False)
+    train_set, test_set = _first(train_set, cfg.train_subset), _first(test_set, cfg.test_subset)
     in_chans = train_set.images.shape[1]
     if cfg.normalize == "imagenet":
         if in_chans != 3:
@@ -755,7 +787,8 @@ def build_loaders(cfg, device: torch.device, rank: int = 0, world: int = 1) -> L
     else:
         mean, std = channel_stats(train_set.images)
     train = TensorLoader(train_set, batch, train=True, mean=mean, std=std, device=device,
-                         pad=cfg.pad, flip=cfg.flip, erase=cfg.erase, seed=cfg.seed, rank=rank, world_size=world)
+                         pad=cfg.pad, flip=cfg.flip, alternate_flip=cfg.alternate_flip, erase=cfg.erase,
+                         seed=cfg.seed, rank=rank, world_size=world)
     test = TensorLoader(test_set, cfg.eval_batch_size, train=False, mean=mean, std=std, device=device,
                         rank=rank, world_size=world)
     return Loaders(train, test, train_set.classes, in_chans, mean, std)

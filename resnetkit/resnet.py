@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .blocks import (
@@ -27,6 +28,7 @@ from .blocks import (
 )
 from .registry import register_model
 
+STEMS = ("imagenet", "cifar", "whiten")
 _BLOCKS = {
     ("basic", False): BasicBlock,
     ("bottleneck", False): Bottleneck,
@@ -42,7 +44,8 @@ class ResNet(nn.Module):
         block: "basic" or "bottleneck".
         layers: blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50, (3, 3, 3) for ResNet-20.
         widths: base channels per stage (a bottleneck's output is 4x that).
-        stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool) or "cifar" (3x3/1 conv).
+        stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool), "cifar" (3x3/1 conv) or "whiten" (a
+            frozen 3x3/1 conv that whitens the training set's patches; see ``fit_whitening``).
         shortcut: "A", "B", "C" or "none" (see blocks.py).
         version: "1" (paper), "1.5" (torchvision: stride on the 3x3) or "2" (pre-activation).
         groups, width_per_group: ResNeXt cardinality and width (wide ResNets: 128 per group).
@@ -73,8 +76,8 @@ class ResNet(nn.Module):
             raise ValueError(f"shortcut must be one of {', '.join(SHORTCUTS)}, got {shortcut!r}")
         if version not in VERSIONS:
             raise ValueError(f"version must be one of {', '.join(VERSIONS)}, got {version!r}")
-        if stem not in ("imagenet", "cifar"):
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
         if len(widths) != len(layers) or not layers:
@@ -96,17 +99,23 @@ class ResNet(nn.Module):
         self.default_input_size = (in_chans, 224, 224) if stem == "imagenet" else (in_chans, 32, 32)
 
         # Stem. Pre-activation nets leave the stem's BN-ReLU to the first block.
+        self.stem = stem
+        stem_width = widths[0]
+        if stem == "whiten":  # whitening filters and their negatives: all 9C, or the widest widths[0] // 2
+            stem_width = 2 * min(9 * in_chans, widths[0] // 2)
+            if stem_width == 0:
+                raise ValueError(f"the whiten stem needs a first width of 2 or more, got {widths[0]}")
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_chans, widths[0], 7, stride=2, padding=3, bias=False)
         else:
-            self.conv1 = nn.Conv2d(in_chans, widths[0], 3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.Identity() if preact else norm_layer(widths[0])
+            self.conv1 = nn.Conv2d(in_chans, stem_width, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.Identity() if preact else norm_layer(stem_width)
         self.relu = nn.Identity() if preact else nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
 
         # Stages: the first keeps the resolution, each later one halves it and doubles widths.
         total = sum(layers)
-        inplanes, index = widths[0], 0
+        inplanes, index = stem_width, 0
         for i, (n, planes) in enumerate(zip(layers, widths)):
             blocks = []
             for j in range(n):
@@ -137,6 +146,26 @@ class ResNet(nn.Module):
             for m in self.modules():
                 if hasattr(m, "zero_init_last"):
                     m.zero_init_last()
+        if stem == "whiten":
+            self.conv1.requires_grad_(False)  # fixed by fit_whitening, never trained
+
+    @torch.no_grad()
+    def fit_whitening(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the "whiten" stem from normalised training images (N, C, H, W): its filters are
+        the eigenvectors of the 3x3 patches' second-moment matrix (those of the largest
+        eigenvalues, if the first width has room for fewer than 9C), each scaled by 1/sqrt(its
+        eigenvalue + eps), so the stem's outputs over those patches are decorrelated with unit
+        variance; the second half of the filters is the first half negated, so the ReLU after
+        the stem keeps both signs. The idea and the eps are from Keller Jordan's airbench
+        (CIFAR-10 speedruns), after Coates & Ng's whitened patch features."""
+        if self.stem != "whiten":
+            raise ValueError(f"fit_whitening needs the 'whiten' stem, this net has {self.stem!r}")
+        w = self.conv1.weight
+        patches = F.unfold(images.to(w.device, torch.float64), 3).transpose(1, 2).reshape(-1, w.shape[1] * 9)
+        eigenvalues, eigenvectors = torch.linalg.eigh(patches.T @ patches / len(patches))
+        filters = (eigenvectors / (eigenvalues + eps).sqrt()).T.flip(0)  # largest variance first
+        filters = filters[:len(w) // 2].reshape(-1, *w.shape[1:])
+        w.copy_(torch.cat([filters, -filters]).to(w.dtype))
 
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]

@@ -30,7 +30,7 @@ from torch import nn
 from . import distributed
 from .checkpoint import load_checkpoint, load_state_dict_file
 from .config import TrainConfig, add_arguments, make_config
-from .data import build_loaders
+from .data import build_loaders, first_images
 from .errors import UserError
 from .evaluate import EvalResult, evaluate_model
 from .layerstats import LayerStats
@@ -300,6 +300,8 @@ def train(cfg: TrainConfig, *, tensorboard: bool = True, verbose: bool = True) -
     # Model, and the state that changes as it trains
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = build_model(cfg, len(data.classes), data.in_chans, device, memory_format, world)
+    if getattr(model, "stem", None) == "whiten" and not cfg.init:  # a resume then loads the same filters
+        model.fit_whitening(first_images(data.train, 5000))
     forward = distributed.wrap(model, device) if world > 1 else model
     forward = torch.compile(forward) if cfg.compile else forward
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -364,6 +366,7 @@ def train(cfg: TrainConfig, *, tensorboard: bool = True, verbose: bool = True) -
             "train_time_sec": state.train_time,
             "images_per_sec": sorted(ips)[len(ips) // 2] if ips else None,  # median over log intervals
             "device": str(device), "precision": cfg.precision, "torch": torch.__version__,
+            "evaluated_on": f"holdout: the last {cfg.holdout} training images" if cfg.holdout else "test split",
         }
         meta = {"dataset": cfg.data, "data_dir": cfg.data_dir, "classes": data.classes, "mean": data.mean,
                 "std": data.std, "normalize": cfg.normalize,

@@ -142,6 +142,44 @@ def test_tensor_loader_augments_whole_batches():
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full[2:], tail))
 
 
+def test_alternating_flip_shows_each_image_mirrored_on_every_other_epoch():
+    # Asymmetric images (a bright left column), so a mirror is visible; no crop.
+    n = 64
+    images = torch.zeros(n, 1, 4, 4, dtype=torch.uint8)
+    images[:, 0, :, 0] = 200
+    ds = data.ArrayDataset(images, torch.arange(n), [str(i) for i in range(n)])
+
+    def flipped(loader, epoch):  # image (its label) -> shown mirrored in this epoch
+        return {int(label): bool(img[0, 0, 3].round() == 200) for x, y in loader.epoch(epoch)
+                for img, label in zip(x, y)}
+
+    loader = data.TensorLoader(ds, 16, train=True, mean=[0.0], std=[1 / 255], flip=True, alternate_flip=True, seed=5)
+    e0, e1, e2, e3 = (flipped(loader, e) for e in range(4))
+    assert len(e0) == n
+    assert 0.25 < sum(e0.values()) / n < 0.75  # random in the first epoch
+    assert all(e1[i] != e0[i] for i in range(n))  # then the other side...
+    assert e2 == e0 and e3 == e1  # ...on every other epoch, whatever the order
+    # Without it, consecutive epochs agree on about half the images (random flips).
+    loader = data.TensorLoader(ds, 16, train=True, mean=[0.0], std=[1 / 255], flip=True, seed=5)
+    r0, r1 = flipped(loader, 0), flipped(loader, 1)
+    assert 0 < sum(r0[i] != r1[i] for i in range(n)) < n
+
+
+def test_holdout_takes_the_last_training_images_and_never_the_test_split(tmp_path):
+    from resnetkit.config import make_config
+
+    folder = write_mnist(tmp_path / "m", n_train=50, n_test=20)
+    train = data.load_arrays("mnist", folder, train=True)
+    cfg = make_config({"data": "mnist", "data_dir": str(folder), "holdout": 10})
+    loaders = data.build_loaders(cfg, torch.device("cpu"))
+    assert torch.equal(loaders.test.images, train.images[40:])
+    assert torch.equal(loaders.train.images, train.images[:40])
+    assert loaders.mean == data.channel_stats(train.images[:40])[0]  # statistics without the held-out part
+    with pytest.raises(UserError, match="--holdout 50 leaves no training images"):
+        data.build_loaders(make_config({"data": "mnist", "data_dir": str(folder), "holdout": 50}),
+                           torch.device("cpu"))
+
+
 def test_random_erasing_boxes_follow_the_paper_ranges():
     g = torch.Generator().manual_seed(0)
     boxes = data.erase_boxes(20_000, 28, 28, 0.5, g)

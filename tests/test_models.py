@@ -355,3 +355,29 @@ def test_blocks_take_only_the_arguments_they_use():
     # Where to stride is a bottleneck's choice only: v1 strides the first 1x1, v1.5 the 3x3.
     v1, v15 = Bottleneck(64, 16, 2, stride_in_1x1=True), Bottleneck(64, 16, 2)
     assert (v1.conv1.stride, v1.conv2.stride, v15.conv1.stride, v15.conv2.stride) == ((2, 2), (1, 1), (1, 1), (2, 2))
+
+
+def test_whitening_stem_decorrelates_the_patches_it_was_fitted_on():
+    # Images whose neighbouring pixels are strongly correlated (random walks along rows).
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 1, 20, 20, generator=g).cumsum(3) / 4
+    m = resnetkit.create_model("resnet20", num_classes=10, in_chans=1, stem="whiten", widths=(32, 32, 64))
+    m.fit_whitening(x)
+    w = m.conv1.weight
+    assert w.shape == (18, 1, 3, 3) and not w.requires_grad
+    assert torch.equal(w[9:], -w[:9])  # each filter and its negative, for the ReLU
+    # Over the 3x3 patches (valid positions), the first 9 outputs have the identity as their
+    # second-moment matrix, up to the eps that keeps the smallest directions bounded.
+    y = F.conv2d(x.double(), w[:9].double()).permute(0, 2, 3, 1).reshape(-1, 9)
+    second_moment = y.T @ y / len(y)
+    patches = F.unfold(x.double(), 3).transpose(1, 2).reshape(-1, 9)
+    eigenvalues = torch.linalg.eigvalsh(patches.T @ patches / len(patches)).flip(0)
+    assert torch.allclose(second_moment, torch.diag(eigenvalues / (eigenvalues + 5e-4)), atol=1e-6)
+    assert eigenvalues[0] / eigenvalues[-1] > 50  # the input was far from white
+    with pytest.raises(ValueError, match="needs the 'whiten' stem"):
+        resnetkit.create_model("resnet20").fit_whitening(x)
+    # A first stage too narrow for all 18 keeps the 8 strongest directions and their negatives.
+    narrow = resnetkit.create_model("resnet20", num_classes=10, in_chans=1, stem="whiten")  # widths 16/32/64
+    narrow.fit_whitening(x)
+    assert torch.equal(narrow.conv1.weight, w[[*range(8), *range(9, 17)]])
+    assert resnetkit.create_model("resnet20", stem="whiten").conv1.weight.shape == (16, 3, 3, 3)

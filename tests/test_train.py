@@ -323,6 +323,21 @@ def test_custom_widths_and_blocks_train_and_rebuild(tmp_path):
     assert run.returncode == 2 and "one width per stage" in run.stderr and run.stderr.count("\n") == 1
 
 
+def test_whitening_stem_is_fitted_to_the_training_images_and_never_trained(tmp_path):
+    cfg = small(tmp_path, stem="whiten", widths=[32, 32, 64], blocks=[1, 1, 1], max_steps=6, ema=0.9)
+    train(cfg, tensorboard=False, verbose=False)
+    m = resnetkit.load(tmp_path / "run" / "model.safetensors")
+    assert m.model_args["stem"] == "whiten" and m.conv1.weight.shape == (18, 1, 3, 3)
+    # What fit_whitening gives on the first 5,000 training images, normalised as training did,
+    # is what the trained model holds: no optimiser step or weight decay moved it.
+    train_set = resnetkit.data.load_arrays("mnist", cfg.data_dir, train=True)
+    fresh = resnetkit.create_model("resnet20", num_classes=10, in_chans=1, stem="whiten", widths=[32, 32, 64],
+                                   blocks=[1, 1, 1])
+    fresh.fit_whitening(resnetkit.data.normalize(train_set.images[:5000], m.metadata["mean"], m.metadata["std"]))
+    assert torch.allclose(m.conv1.weight, fresh.conv1.weight, atol=1e-6)
+    assert m.conv1.weight.abs().max() > 1  # filters scaled by 1/sqrt(eigenvalue): not the Kaiming init
+
+
 def test_every_setting_is_a_flag():
     typed = {"int": "3", "float": "0.5", "str": "x"}
     for name, f in FIELDS.items():
