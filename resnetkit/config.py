@@ -131,6 +131,8 @@ class TrainConfig:
     eval_batch_size: int = setting(1000, "images per evaluation batch", group="runtime")
     tta: bool = setting(False, "test-time augmentation: average the logits of each image and its mirror",
                         group="runtime")
+    tta_shift: int = setting(0, "with --tta, also average over copies shifted this many pixels up, down, left "
+                             "and right (10 views in all; 0: off)", group="runtime")
     log_every: int = setting(50, "steps between metrics.jsonl rows", group="runtime")
     checkpoint_every: int = setting(0, "steps between checkpoints (0: at the end of each epoch only)",
                                     group="runtime")
@@ -157,7 +159,7 @@ class TrainConfig:
                 raise UserError(f"{flag(name)} must be positive, got {getattr(self, name)}")
         for name in ["epochs", "max_steps", "time_limit", "weight_decay", "momentum", "warmup", "pad",
                      "label_smoothing", "train_subset", "test_subset", "holdout", "checkpoint_every", "workers",
-                     "max_grad_norm", "layer_stats"]:
+                     "max_grad_norm", "layer_stats", "tta_shift"]:
             if getattr(self, name) < 0:
                 raise UserError(f"{flag(name)} must not be negative, got {getattr(self, name)}")
         if self.epochs == 0 and self.max_steps == 0:

@@ -25,7 +25,16 @@ from torch import nn
 
 from .data import build_eval_loader
 from .errors import UserError
-from .inference import SHIPPED, Engine, add_engine_args, engine_from_args, load_network, module_logits, torch_info
+from .inference import (
+    SHIPPED,
+    Engine,
+    add_engine_args,
+    engine_from_args,
+    load_network,
+    module_logits,
+    shifted_logits,
+    torch_info,
+)
 from .plots import plot_confusion
 from .runtime import resolve_device
 
@@ -48,9 +57,9 @@ class EvalResult:
 
 
 def evaluate_model(model: nn.Module | Engine, loader, num_classes: int, *, precision: str = "fp32", tta: bool = False,
-                   memory_format: torch.memory_format = torch.contiguous_format) -> EvalResult:
+                   tta_shift: int = 0, memory_format: torch.memory_format = torch.contiguous_format) -> EvalResult:
     """Run ``loader.epoch(0)`` through ``model`` and score it; ``tta`` averages the logits of
-    each image and its mirror image.
+    each image and its mirror image, ``tta_shift`` those of shifted copies too (``shifted_logits``).
 
     ``model`` is an ``nn.Module`` (run here in eval mode with ``precision`` and ``memory_format``,
     as training evaluates) or an engine from ``inference.open_model`` (the PyTorch fast path,
@@ -63,18 +72,18 @@ def evaluate_model(model: nn.Module | Engine, loader, num_classes: int, *, preci
         try:
             with torch.no_grad():
                 return _score(partial(module_logits, model, precision=precision, memory_format=memory_format),
-                              loader, num_classes, tta)
+                              loader, num_classes, tta, tta_shift)
         finally:
             model.train(was_training)
-    return _score(model, loader, num_classes, tta)
+    return _score(model, loader, num_classes, tta, tta_shift)
 
 
-def _score(logits_of, loader, num_classes: int, tta: bool) -> EvalResult:
+def _score(logits_of, loader, num_classes: int, tta: bool, tta_shift: int) -> EvalResult:
     """``logits_of(x, tta=...)`` gives float32 logits of a normalised batch."""
     loss_sum, top5_hits, n_seen = 0.0, 0, 0
     preds, targets = [], []
     for x, y in loader.epoch(0):
-        logits = logits_of(x, tta=tta).to(y.device)
+        logits = shifted_logits(logits_of, x, tta, tta_shift).to(y.device)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         if num_classes > 5:
             top5_hits += (logits.topk(5, 1).indices == y[:, None]).any(1).sum()
@@ -127,11 +136,12 @@ def evaluate_loaded(model: nn.Module | Engine, *, data: str | None = None, data_
     if len(info.classes) != len(classes):
         raise UserError(f"{info.source} predicts {len(info.classes)} classes but {data} has {len(classes)}")
     tta = training.get("tta", False) if tta is None else tta
+    shift = training.get("tta_shift", 0)  # as training's views, unless --no-tta turns them all off
     if module is None:
-        return evaluate_model(model, loader, len(classes), tta=tta), classes, loader
+        return evaluate_model(model, loader, len(classes), tta=tta, tta_shift=shift), classes, loader
     fmt = torch.channels_last if training.get("channels_last") else torch.contiguous_format
     result = evaluate_model(module.to(memory_format=fmt), loader, len(classes),
-                            precision=training.get("precision", "fp32"), tta=tta, memory_format=fmt)
+                            precision=training.get("precision", "fp32"), tta=tta, tta_shift=shift, memory_format=fmt)
     return result, classes, loader
 
 

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
@@ -216,6 +217,19 @@ def module_logits(model: nn.Module, x: torch.Tensor, *, precision: str = "fp32",
         if tta:
             logits = (logits + model(x.flip(3))) / 2
     return logits.float()
+
+
+def shifted_logits(logits_of, x: torch.Tensor, tta: bool, shift: int) -> torch.Tensor:
+    """``logits_of(x, tta=tta)`` averaged over x and its copies moved ``shift`` pixels up, down,
+    left and right, the edge pixels repeated into the gap (``shift`` 0: x alone). With ``tta``
+    each copy's mirror image counts too: 10 views for shift 1, as airbench evaluates CIFAR-10."""
+    if not (tta and shift):
+        return logits_of(x, tta=tta)
+    h, w = x.shape[2:]
+    s = shift
+    padded = F.pad(x, (s, s, s, s), mode="replicate")
+    views = [x] + [padded[:, :, s + dy:s + dy + h, s + dx:s + dx + w] for dy, dx in ((-s, 0), (s, 0), (0, -s), (0, s))]
+    return sum(logits_of(v, tta=tta) for v in views) / len(views)
 
 
 def fold_conv_bn(model: nn.Module) -> nn.Module:

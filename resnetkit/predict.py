@@ -49,6 +49,7 @@ from .inference import (
     open_model,
     prepare_image,
     read_image,
+    shifted_logits,
 )
 
 log = logging.getLogger("resnetkit")
@@ -117,7 +118,8 @@ class Predictor:
         x = images if isinstance(images, torch.Tensor) else self.prepare(images)
         probs = []
         for i in range(0, len(x), self.batch_size):
-            logits = self.engine(normalized(x[i:i + self.batch_size], self.info), tta=self.tta)
+            logits = shifted_logits(self.engine, normalized(x[i:i + self.batch_size], self.info), self.tta,
+                                    self.info.training.get("tta_shift", 0))
             probs.append(logits.float().softmax(1).cpu())
         return torch.cat(probs) if probs else torch.zeros(0, len(self.classes))
 

@@ -332,7 +332,7 @@ def train(cfg: TrainConfig, *, tensorboard: bool = True, verbose: bool = True) -
         def evaluate(final: bool) -> EvalResult:
             # Test-time flips double the cost of an evaluation: only the final one uses them.
             result = evaluate_model(state.final_model, data.test, len(data.classes), precision=cfg.precision,
-                                    tta=cfg.tta and final, memory_format=memory_format)
+                                    tta=cfg.tta and final, tta_shift=cfg.tta_shift, memory_format=memory_format)
             return gather(result) if world > 1 else result
 
         # The epochs, each ending with a test, a log row and a checkpoint
@@ -371,7 +371,8 @@ def train(cfg: TrainConfig, *, tensorboard: bool = True, verbose: bool = True) -
         meta = {"dataset": cfg.data, "data_dir": cfg.data_dir, "classes": data.classes, "mean": data.mean,
                 "std": data.std, "normalize": cfg.normalize,
                 # How the final evaluation ran, so `resnetkit eval` repeats it exactly.
-                "training": {"precision": cfg.precision, "tta": cfg.tta, "image_size": cfg.image_size,
+                "training": {"precision": cfg.precision, "tta": cfg.tta, "tta_shift": cfg.tta_shift,
+                             "image_size": cfg.image_size,
                              "channels_last": cfg.channels_last, "eval_batch_size": cfg.eval_batch_size,
                              "test_accuracy": last.accuracy}}
         if world > 1:

@@ -338,6 +338,32 @@ def test_whitening_stem_is_fitted_to_the_training_images_and_never_trained(tmp_p
     assert m.conv1.weight.abs().max() > 1  # filters scaled by 1/sqrt(eigenvalue): not the Kaiming init
 
 
+def test_shifted_tta_averages_ten_views_and_eval_repeats_it(tmp_path):
+    from resnetkit.data import load_arrays, normalize
+    from resnetkit.evaluate import evaluate_loaded
+
+    cfg = small(tmp_path, max_steps=3, tta=True, tta_shift=1)
+    summary = train(cfg, tensorboard=False, verbose=False)
+    m = resnetkit.load(tmp_path / "run" / "model.safetensors").eval()
+    assert m.metadata["training"]["tta_shift"] == 1
+    test = load_arrays("mnist", cfg.data_dir, train=False)
+    x = normalize(test.images, m.metadata["mean"], m.metadata["std"])
+    h, w = x.shape[2:]
+    views = []
+    for dy, dx in [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)]:  # pixel (i, j) shows (i + dy, j + dx), edges repeated
+        rows, cols = (torch.arange(h) + dy).clamp(0, h - 1), (torch.arange(w) + dx).clamp(0, w - 1)
+        v = x[:, :, rows][:, :, :, cols]
+        views += [v, v.flip(3)]
+    with torch.no_grad():
+        ten = sum(m(v) for v in views) / 10
+        two = (m(x) + m(x.flip(3))) / 2
+    loss = torch.nn.functional.cross_entropy
+    assert summary["test_loss"] == pytest.approx(loss(ten, test.labels).item(), rel=1e-4)
+    assert abs(loss(ten, test.labels) - loss(two, test.labels)) > 1e-3  # the shifted views count
+    result, _, _ = evaluate_loaded(m)  # `resnetkit eval` repeats training's views
+    assert result.loss == summary["test_loss"] and result.accuracy == summary["test_accuracy"]
+
+
 def test_every_setting_is_a_flag():
     typed = {"int": "3", "float": "0.5", "str": "x"}
     for name, f in FIELDS.items():
