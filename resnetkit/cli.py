@@ -17,7 +17,7 @@ import re
 import sys
 
 from . import __version__, draw, evaluate, export, predict, probes, report, train
-from .config import add_model_args, check_model, model_kwargs
+from .config import add_model_args, check_model, model_kwargs_for_input
 from .errors import UserError
 from .registry import create_model, list_models
 from .summary import summary
@@ -28,7 +28,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
-    kwargs = model_kwargs(vars(args))
+    kwargs = model_kwargs_for_input(args)
     check_model(args.model, kwargs)  # bad arguments: a one-line error, not a traceback
     model = create_model(args.model, **kwargs)
     size = tuple(args.input_size) if args.input_size else model.default_input_size

@@ -191,6 +191,16 @@ def model_kwargs(values: Mapping) -> dict:
     return {k: v for k, v in kwargs.items() if v not in (None, False, 0.0, [])}
 
 
+def model_kwargs_for_input(args: argparse.Namespace) -> dict:
+    """``model_kwargs`` of a command with ``--input-size C H W``: the stem takes C channels."""
+    kwargs = model_kwargs(vars(args))
+    if args.input_size:
+        if args.in_chans is not None and args.in_chans != args.input_size[0]:
+            raise UserError(f"--input-size has {args.input_size[0]} channels but --in-chans is {args.in_chans}")
+        kwargs["in_chans"] = args.input_size[0]
+    return kwargs
+
+
 def check_model(name: str, kwargs: dict) -> torch.nn.Module:
     """Build the model on the meta device (no memory, no time), so that an unknown name or
     impossible arguments are a clear error before anything starts. Returns the model."""

@@ -34,7 +34,7 @@ from torch import nn
 
 from .architecture import Architecture, Block, Layer, trace
 from .checkpoint import atomic_write_text, read_metadata
-from .config import add_model_args, check_model, flag, model_kwargs
+from .config import add_model_args, check_model, flag, model_kwargs, model_kwargs_for_input
 from .errors import UserError
 
 STYLES = ("compact", "detailed")
@@ -778,11 +778,10 @@ def _model_from_weights(path: Path, kwargs: dict) -> nn.Module:
 def cmd_draw(args: argparse.Namespace) -> None:
     # Only the structure and the shapes are needed: check_model builds on the meta device,
     # allocates nothing, and turns impossible arguments (3 widths for 4 stages) into one line.
-    kwargs = model_kwargs(vars(args))
     if args.model.endswith(".safetensors"):  # no registered name does: a missing file says so
-        model = _model_from_weights(Path(args.model), kwargs)
+        model = _model_from_weights(Path(args.model), model_kwargs(vars(args)))
     else:
-        model = check_model(args.model, kwargs)
+        model = check_model(args.model, model_kwargs_for_input(args))
     path = save(model, args.output, args.style, args.direction, args.input_size)
     print(f"wrote {path}")
 

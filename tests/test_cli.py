@@ -45,3 +45,16 @@ def test_bad_model_arguments_are_user_errors():
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "shortcut must be one of" in out.stderr
     out = run("summary", "resnet20", "--widths", "16", "32")
     assert out.returncode == 2 and "one width per stage" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_summary_and_draw_build_the_stem_for_the_input_size_channels(tmp_path):
+    # Fashion-MNIST's 1x28x28: 16 3x3 filters of 1 channel in ResNet-20's stem, 18 whitening
+    # filters (9 directions and their negatives) in fashion_resnet8's.
+    for model, filters in (("resnet20", 16), ("fashion_resnet8", 18)):
+        out = run("summary", model, "--input-size", 1, 28, 28)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines()[2].split()[:4] == ["conv1", "Conv2d", f"1x{filters}x28x28", f"{filters * 9}"]
+    drawn = run("draw", "fashion_resnet8", "--input-size", 1, 28, 28, "-o", tmp_path / "f8.svg")
+    assert drawn.returncode == 0 and "1x28x28" in (tmp_path / "f8.svg").read_text()
+    out = run("summary", "resnet20", "--input-size", 1, 28, 28, "--in-chans", 3)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "1 channels but --in-chans is 3" in out.stderr
