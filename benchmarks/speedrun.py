@@ -43,7 +43,10 @@ ROWS: list[tuple[str, dict]] = [
     ("+ EMA of the weights (0.998)", {"ema": 0.998}),
     ("+ label smoothing 0.2", {"label_smoothing": 0.2}),
     ("+ alternating flip", {"alternate_flip": True}),
+    ("+ 10-view TTA (flips x 1-pixel shifts)", {"tta_shift": 1}),
     ("+ frozen patch-whitening stem", {"stem": "whiten"}),
+    ("+ widths 32/64/128, one block per stage (fashion_resnet8)", {"model": "fashion_resnet8", "stem": None}),
+    ("+ two blocks per stage (fashion_resnet14)", {"model": "fashion_resnet14", "stem": None}),
     ("+ torch.compile", {"compile": True}),
 ]
 
