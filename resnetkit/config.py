@@ -171,6 +171,8 @@ class TrainConfig:
             raise UserError("--nesterov needs --momentum above 0 (the fast recipe sets --nesterov; add --no-nesterov)")
         if self.alternate_flip and not self.flip:
             raise UserError("--alternate-flip needs --flip")
+        if self.tta_shift and not self.tta:
+            raise UserError("--tta-shift needs --tta")
         if not 0 <= self.erase <= 1:
             raise UserError(f"--erase must be a probability in [0, 1], got {self.erase}")
         check_model(self.model, self.model_kwargs())
