@@ -56,7 +56,8 @@ def measure_reference(steps: int) -> float:
     return reference_loop("resnet20", steps, 256, 0)
 
 
-def macs_per_image(cfg) -> int:
+def macs_per_image(overrides: dict) -> int:
+    cfg = make_config({"data": "fashion-mnist", **overrides})
     model = resnetkit.create_model(cfg.model, num_classes=10, in_chans=1, **cfg.model_kwargs())
     return model_summary(model, (1, 1, 28, 28)).macs
 
@@ -67,8 +68,7 @@ def run(overrides: dict, seed: int, seconds: float, out: Path) -> dict:
     s = train(cfg, tensorboard=False, verbose=False)
     epochs = [r for r in read_metrics(out / "metrics.jsonl") if "test_error" in r]
     return {"seed": seed, "accuracy": s["test_accuracy"], "train_time": s["train_time_sec"], "epochs": s["epochs"],
-            "images": s["steps"] * cfg.batch_size, "macs": macs_per_image(cfg),
-            "curve": [(r["train_time"], 1 - r["test_error"]) for r in epochs]}
+            "images": s["steps"] * cfg.batch_size, "curve": [(r["train_time"], 1 - r["test_error"]) for r in epochs]}
 
 
 def time_to(curve: list[tuple[float, float]], target: float) -> float | None:
@@ -104,11 +104,12 @@ def main() -> None:
         runs = [run(overrides, seed, seconds, args.out / f"row{i}-seed{seed}") for seed in range(args.seeds)]
         accs = [r["accuracy"] for r in runs]
         hit = [time_to(r["curve"], args.target) for r in runs]
+        macs = macs_per_image(overrides)
         row = {"row": i, "label": label, "settings": overrides, "runs": runs,
                "accuracy": statistics.fmean(accs), "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else None,
                "epochs": statistics.fmean(r["epochs"] for r in runs),
                "train_time": statistics.fmean(r["train_time"] for r in runs),
-               "macs": runs[0]["macs"], "train_flops": 6 * statistics.fmean(r["macs"] * r["images"] for r in runs),
+               "macs": macs, "train_flops": 6 * macs * statistics.fmean(r["images"] for r in runs),
                "time_to_target": statistics.fmean(hit) if None not in hit else None}
         rows.append(row)
         print(format_row(row, scale), flush=True)

@@ -230,6 +230,22 @@ def test_folder_loader_erases_training_batches_only(tmp_path):
     assert all((x != 0).all() for x, _ in val.epoch(0))
 
 
+def test_first_images_are_the_same_normalised_images_on_every_call(tmp_path):
+    # What the whitening stem is fitted on: in memory, the first n images as stored, normalised.
+    images = torch.randint(0, 256, (20, 1, 6, 6), dtype=torch.uint8)
+    ds = data.ArrayDataset(images, torch.arange(20), [str(i) for i in range(20)])
+    loader = data.TensorLoader(ds, 8, train=True, mean=[0.3], std=[0.2], pad=2, flip=True, seed=1)
+    assert torch.allclose(data.first_images(loader, 12), (images[:12].float() / 255 - 0.3) / 0.2)
+    # Image folders: the first n of epoch 0's batches, across batch boundaries, reproducibly.
+    root = write_image_folder(tmp_path / "imgs", n_per_class=4)
+    folder = data.FolderLoader(data.ImageFolder(root / "train", train=True, size=32), 5, train=True,
+                               mean=[0.5] * 3, std=[0.25] * 3, workers=0, seed=3)
+    first = data.first_images(folder, 7)
+    assert first.shape == (7, 3, 32, 32)
+    assert torch.equal(first, torch.cat([x for x, _ in folder.epoch(0)])[:7])
+    assert torch.equal(first, data.first_images(folder, 7))
+
+
 def test_loader_shards_by_rank():
     ds = data.ArrayDataset(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), torch.arange(10), list("abcdefghij"))
     seen = []
