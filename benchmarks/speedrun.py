@@ -62,18 +62,43 @@ def macs_per_image(overrides: dict) -> int:
     return model_summary(model, (1, 1, 28, 28)).macs
 
 
-def run(overrides: dict, seed: int, seconds: float, out: Path) -> dict:
-    cfg = make_config({"data": "fashion-mnist", "epochs": 60, "time_limit": seconds, "seed": seed,
-                       "out": str(out), "overwrite": True, **overrides})
+def run(overrides: dict, seed: int, budget: float, ref: float, out: Path, resume: bool) -> dict:
+    """One seed's run; with ``resume``, a finished run of the same settings and budget is read back."""
+    done = out / "speedrun-run.json"
+    if resume and done.exists():
+        kept = json.loads(done.read_text())
+        if kept["settings"] == overrides and kept["budget"] == budget:
+            return kept
+    cfg = make_config({"data": "fashion-mnist", "epochs": 60, "time_limit": budget * REFERENCE_IMG_S / ref,
+                       "seed": seed, "out": str(out), "overwrite": True, **overrides})
     s = train(cfg, tensorboard=False, verbose=False)
+    scale = ref / REFERENCE_IMG_S  # > 1: today is faster than the record day
     epochs = [r for r in read_metrics(out / "metrics.jsonl") if "test_error" in r]
-    return {"seed": seed, "accuracy": s["test_accuracy"], "train_time": s["train_time_sec"], "epochs": s["epochs"],
-            "images": s["steps"] * cfg.batch_size, "curve": [(r["train_time"], 1 - r["test_error"]) for r in epochs]}
+    result = {"seed": seed, "settings": overrides, "budget": budget, "reference_img_s": ref,
+              "accuracy": s["test_accuracy"], "train_time": s["train_time_sec"],
+              "normalised_time": s["train_time_sec"] * scale, "epochs": s["epochs"],
+              "images": s["steps"] * cfg.batch_size,
+              "curve": [(r["train_time"] * scale, 1 - r["test_error"]) for r in epochs]}
+    atomic_write_text(done, json.dumps(result) + "\n")
+    return result
 
 
 def time_to(curve: list[tuple[float, float]], target: float) -> float | None:
-    """Training seconds at the first per-epoch evaluation (no TTA) at or above ``target``."""
+    """Normalised training seconds at the first per-epoch evaluation (no TTA) at or above ``target``."""
     return next((t for t, acc in curve if acc >= target), None)
+
+
+def summarise(i: int, label: str, overrides: dict, runs: list[dict], target: float) -> dict:
+    accs = [r["accuracy"] for r in runs]
+    hit = [time_to(r["curve"], target) for r in runs]
+    macs = macs_per_image(overrides)
+    return {"row": i, "label": label, "settings": overrides, "runs": runs,
+            "accuracy": statistics.fmean(accs), "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else None,
+            "epochs": statistics.fmean(r["epochs"] for r in runs),
+            "train_time": statistics.fmean(r["train_time"] for r in runs),
+            "normalised_time": statistics.fmean(r["normalised_time"] for r in runs),
+            "macs": macs, "train_flops": 6 * macs * statistics.fmean(r["images"] for r in runs),
+            "time_to_target": statistics.fmean(hit) if None not in hit else None}
 
 
 def main() -> None:
@@ -85,50 +110,45 @@ def main() -> None:
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="settings, as in the YAML config")
     p.add_argument("--target", type=float, default=0.94, help="accuracy whose time is reported")
     p.add_argument("--reference-steps", type=int, default=40)
+    p.add_argument("--resume", action="store_true", help="keep finished runs of the same settings and budget")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/speedrun"))
     args = p.parse_args()
     base = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
 
     ref = measure_reference(args.reference_steps)
-    scale = ref / REFERENCE_IMG_S  # > 1: today is faster than the record day
-    seconds = args.budget / scale
-    print(f"reference loop today: {ref:.0f} img/s ({scale:.2f}x the {REFERENCE_IMG_S:.0f} img/s day): "
-          f"a {args.budget:.0f} s budget is {seconds:.0f} s of training; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads", flush=True)
+    print(f"reference loop today: {ref:.0f} img/s ({ref / REFERENCE_IMG_S:.2f}x the {REFERENCE_IMG_S:.0f} img/s "
+          f"day): a {args.budget:.0f} s budget is {args.budget * REFERENCE_IMG_S / ref:.0f} s of training; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
 
-    rows, overrides = [], dict(base)
+    # Rows from earlier invocations into the same --out are kept, so an ablation can run in parts.
+    table = args.out / "speedrun.json"
+    kept = json.loads(table.read_text()) if table.exists() else {}
+    rows = {r["row"]: r for r in kept.get("rows", []) if kept.get("budget") == args.budget}
+    overrides = dict(base)
     for i, (label, extra) in enumerate(ROWS if args.ablation else [("recipe", {})]):
         overrides = {**overrides, **extra}
         if args.ablation and args.rows and i not in args.rows:
             continue
-        runs = [run(overrides, seed, seconds, args.out / f"row{i}-seed{seed}") for seed in range(args.seeds)]
-        accs = [r["accuracy"] for r in runs]
-        hit = [time_to(r["curve"], args.target) for r in runs]
-        macs = macs_per_image(overrides)
-        row = {"row": i, "label": label, "settings": overrides, "runs": runs,
-               "accuracy": statistics.fmean(accs), "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else None,
-               "epochs": statistics.fmean(r["epochs"] for r in runs),
-               "train_time": statistics.fmean(r["train_time"] for r in runs),
-               "macs": macs, "train_flops": 6 * macs * statistics.fmean(r["images"] for r in runs),
-               "time_to_target": statistics.fmean(hit) if None not in hit else None}
-        rows.append(row)
-        print(format_row(row, scale), flush=True)
+        runs = [run(overrides, seed, args.budget, ref, args.out / f"row{i}-seed{seed}", args.resume)
+                for seed in range(args.seeds)]
+        rows[i] = summarise(i, label, overrides, runs, args.target)
+        print(format_row(rows[i]), flush=True)
+        result = {"reference_basis_img_s": REFERENCE_IMG_S, "budget": args.budget, "target": args.target,
+                  "torch": torch.__version__, "threads": torch.get_num_threads(),
+                  "rows": [rows[k] for k in sorted(rows)]}
+        atomic_write_text(table, json.dumps(result, indent=2) + "\n")
 
     print(f"\n| row | accuracy % | epochs | train s | normalised s | MACs/img | train FLOPs | "
           f"normalised s to {100 * args.target:.0f}% |\n|---|---|---|---|---|---|---|---|")
-    for row in rows:
-        print(format_row(row, scale))
-    result = {"reference_img_s": ref, "reference_basis_img_s": REFERENCE_IMG_S, "budget": args.budget,
-              "train_seconds": seconds, "seeds": args.seeds, "target": args.target, "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "rows": rows}
-    atomic_write_text(args.out / "speedrun.json", json.dumps(result, indent=2) + "\n")
+    for k in sorted(rows):
+        print(format_row(rows[k]))
 
 
-def format_row(row: dict, scale: float) -> str:
+def format_row(row: dict) -> str:
     sd = f" ± {100 * row['accuracy_std']:.2f}" if row["accuracy_std"] is not None else ""
-    hit = f"{row['time_to_target'] * scale:.0f}" if row["time_to_target"] is not None else "not reached"
+    hit = f"{row['time_to_target']:.0f}" if row["time_to_target"] is not None else "not reached"
     return (f"| {row['label']} | {100 * row['accuracy']:.2f}{sd} | {row['epochs']:.1f} | {row['train_time']:.0f} | "
-            f"{row['train_time'] * scale:.0f} | {row['macs'] / 1e6:.1f}M | {row['train_flops']:.2e} | {hit} |")
+            f"{row['normalised_time']:.0f} | {row['macs'] / 1e6:.1f}M | {row['train_flops']:.2e} | {hit} |")
 
 
 if __name__ == "__main__":

@@ -75,7 +75,8 @@ class TrainConfig:
     version: str | None = setting(None, "1: stride on the first 1x1 (paper); 1.5: on the 3x3; 2: pre-activation",
                                   group="model", choices=VERSIONS)
     stem: str | None = setting(None, "cifar: 3x3 conv; whiten: a frozen 3x3 conv that whitens the training "
-                               "set's patches; imagenet: 7x7/2 conv + max-pool (default: the model's own)",
+                               "set's patches; whiten-pool: that and a 2x2 max-pool; imagenet: 7x7/2 conv + max-pool "
+                               "(default: the model's own)",
                                group="model", choices=STEMS)
     widths: list[int] = setting([], "channels per stage, e.g. 32 64 128 (default: the model's own)", group="model")
     blocks: list[int] = setting([], "blocks per stage, e.g. 1 1 1 (default: the model's own)", group="model")
@@ -90,6 +91,8 @@ class TrainConfig:
     flip: bool = setting(True, "random horizontal flips", group="data")
     alternate_flip: bool = setting(False, "with --flip: flip each image on every other epoch instead of at "
                                    "random (airbench's alternating flip)", group="data")
+    progressive: int = setting(0, "progressive resizing: train from this image size up to the full size, in "
+                               "steps of 4 pixels, reached at 3/4 of the schedule (0: off)", group="data")
     erase: float = setting(0.0, "random-erasing probability per training image (0: off)", group="data")
     normalize: str = setting("dataset", "channel statistics: computed from the training set, or ImageNet's",
                              group="data", choices=NORMALIZATIONS)
@@ -159,7 +162,7 @@ class TrainConfig:
                 raise UserError(f"{flag(name)} must be positive, got {getattr(self, name)}")
         for name in ["epochs", "max_steps", "time_limit", "weight_decay", "momentum", "warmup", "pad",
                      "label_smoothing", "train_subset", "test_subset", "holdout", "checkpoint_every", "workers",
-                     "max_grad_norm", "layer_stats", "tta_shift"]:
+                     "max_grad_norm", "layer_stats", "tta_shift", "progressive"]:
             if getattr(self, name) < 0:
                 raise UserError(f"{flag(name)} must not be negative, got {getattr(self, name)}")
         if self.epochs == 0 and self.max_steps == 0:

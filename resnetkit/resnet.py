@@ -28,7 +28,7 @@ from .blocks import (
 )
 from .registry import register_model
 
-STEMS = ("imagenet", "cifar", "whiten")
+STEMS = ("imagenet", "cifar", "whiten", "whiten-pool")
 _BLOCKS = {
     ("basic", False): BasicBlock,
     ("bottleneck", False): Bottleneck,
@@ -44,8 +44,9 @@ class ResNet(nn.Module):
         block: "basic" or "bottleneck".
         layers: blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50, (3, 3, 3) for ResNet-20.
         widths: base channels per stage (a bottleneck's output is 4x that).
-        stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool), "cifar" (3x3/1 conv) or "whiten" (a
-            frozen 3x3/1 conv that whitens the training set's patches; see ``fit_whitening``).
+        stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool), "cifar" (3x3/1 conv), "whiten" (a
+            frozen 3x3/1 conv that whitens the training set's patches; see ``fit_whitening``)
+            or "whiten-pool" (the same, then a 2x2 max-pool).
         shortcut: "A", "B", "C" or "none" (see blocks.py).
         version: "1" (paper), "1.5" (torchvision: stride on the 3x3) or "2" (pre-activation).
         groups, width_per_group: ResNeXt cardinality and width (wide ResNets: 128 per group).
@@ -101,7 +102,7 @@ class ResNet(nn.Module):
         # Stem. Pre-activation nets leave the stem's BN-ReLU to the first block.
         self.stem = stem
         stem_width = widths[0]
-        if stem == "whiten":  # whitening filters and their negatives: all 9C, or the widest widths[0] // 2
+        if stem.startswith("whiten"):  # whitening filters and their negatives: all 9C, or the widest widths[0] // 2
             stem_width = 2 * min(9 * in_chans, widths[0] // 2)
             if stem_width == 0:
                 raise ValueError(f"the whiten stem needs a first width of 2 or more, got {widths[0]}")
@@ -111,7 +112,9 @@ class ResNet(nn.Module):
             self.conv1 = nn.Conv2d(in_chans, stem_width, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.Identity() if preact else norm_layer(stem_width)
         self.relu = nn.Identity() if preact else nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
+        # "whiten-pool" halves the resolution once before the stages, so they run on 4x fewer positions.
+        pools = {"imagenet": nn.MaxPool2d(3, stride=2, padding=1), "whiten-pool": nn.MaxPool2d(2)}
+        self.maxpool = pools.get(stem, nn.Identity())
 
         # Stages: the first keeps the resolution, each later one halves it and doubles widths.
         total = sum(layers)
@@ -146,7 +149,7 @@ class ResNet(nn.Module):
             for m in self.modules():
                 if hasattr(m, "zero_init_last"):
                     m.zero_init_last()
-        if stem == "whiten":
+        if stem.startswith("whiten"):
             self.conv1.requires_grad_(False)  # fixed by fit_whitening, never trained
 
     @torch.no_grad()
@@ -158,8 +161,8 @@ class ResNet(nn.Module):
         variance; the second half of the filters is the first half negated, so the ReLU after
         the stem keeps both signs. The idea and the eps are from Keller Jordan's airbench
         (CIFAR-10 speedruns), after Coates & Ng's whitened patch features."""
-        if self.stem != "whiten":
-            raise ValueError(f"fit_whitening needs the 'whiten' stem, this net has {self.stem!r}")
+        if not self.stem.startswith("whiten"):
+            raise ValueError(f"fit_whitening needs a whitening stem, this net has {self.stem!r}")
         w = self.conv1.weight
         patches = F.unfold(images.to(w.device, torch.float64), 3).transpose(1, 2).reshape(-1, w.shape[1] * 9)
         eigenvalues, eigenvectors = torch.linalg.eigh(patches.T @ patches / len(patches))

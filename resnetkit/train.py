@@ -26,6 +26,7 @@ import time
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from . import distributed
 from .checkpoint import load_checkpoint, load_state_dict_file
@@ -133,11 +134,23 @@ class TrainState:
     def final_model(self) -> nn.Module:
         return self.ema if self.ema is not None else self.model
 
-    def lr_scale(self, step: int) -> float:
-        """The schedule's factor at ``step``. With --time-limit it runs on whichever is further
+    def schedule_step(self, step: int) -> float:
+        """Where the schedules stand at ``step``. With --time-limit they run on whichever is further
         along, steps or the clock, so the learning rate still anneals to its end on time."""
         clock = self.horizon * self.elapsed / self.cfg.time_limit if self.cfg.time_limit else 0.0
-        return lr_factor(max(step, clock), self.cfg, self.horizon)
+        return max(step, clock)
+
+    def lr_scale(self, step: int) -> float:
+        return lr_factor(self.schedule_step(step), self.cfg, self.horizon)
+
+    def image_size(self, full: int) -> int:
+        """--progressive: the training image size now, rising linearly from the smallest to
+        ``full`` over the first 3/4 of the schedule in steps of 4 pixels (few shapes, so oneDNN
+        and torch.compile reuse their kernels); the last quarter trains, and BN settles, at full size."""
+        if not self.cfg.progressive or self.cfg.progressive >= full:
+            return full
+        t = min(1.0, self.schedule_step(self.step) / (0.75 * self.horizon))
+        return min(full, self.cfg.progressive + 4 * int(t * (full - self.cfg.progressive) / 4))
 
     def out_of_time(self) -> bool:
         return bool(self.cfg.time_limit) and self.elapsed >= self.cfg.time_limit
@@ -216,6 +229,9 @@ def run_epoch(state: TrainState, loader, epoch: int, run: RunDir, forward: nn.Mo
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen, t_log, spent = 0, clock(), 0.0  # spent: training seconds since the last log row
     for x, y in loader.epoch(epoch, start_batch):
+        size = state.image_size(x.shape[-1])
+        if size < x.shape[-1]:  # --progressive: smaller images early on, at a fraction of the cost
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         x = x.contiguous(memory_format=memory_format)
         with autocast(device, cfg.precision):
             logits = forward(x)
@@ -255,7 +271,8 @@ def run_epoch(state: TrainState, loader, epoch: int, run: RunDir, forward: nn.Mo
                 diverged(state, run, mean_loss, step)
             lr = state.scheduler.get_last_lr()[0]
             run.log({"epoch": step / steps_per_epoch, "step": step, "train_loss": mean_loss,
-                     "train_error": 1 - acc, "lr": lr, "images_per_sec": ips, "images": seen})
+                     "train_error": 1 - acc, "lr": lr, "images_per_sec": ips, "images": seen,
+                     **({"image_size": size} if cfg.progressive else {})})
             bar.update(step - epoch * steps_per_epoch - bar.n)
             bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{100 * acc:.2f}%", img_s=f"{ips:.0f}")
             loss_sum = torch.zeros((), device=device)
@@ -300,7 +317,7 @@ def train(cfg: TrainConfig, *, tensorboard: bool = True, verbose: bool = True) -
     # Model, and the state that changes as it trains
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = build_model(cfg, len(data.classes), data.in_chans, device, memory_format, world)
-    if getattr(model, "stem", None) == "whiten" and not cfg.init:  # a resume then loads the same filters
+    if getattr(model, "stem", "").startswith("whiten") and not cfg.init:  # a resume then loads the same filters
         model.fit_whitening(first_images(data.train, 5000))
     forward = distributed.wrap(model, device) if world > 1 else model
     forward = torch.compile(forward) if cfg.compile else forward

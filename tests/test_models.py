@@ -376,10 +376,26 @@ def test_whitening_stem_decorrelates_the_patches_it_was_fitted_on():
     eigenvalues = torch.linalg.eigvalsh(patches.T @ patches / len(patches)).flip(0)
     assert torch.allclose(second_moment, torch.diag(eigenvalues / (eigenvalues + 5e-4)), atol=1e-6)
     assert eigenvalues[0] / eigenvalues[-1] > 50  # the input was far from white
-    with pytest.raises(ValueError, match="needs the 'whiten' stem"):
+    with pytest.raises(ValueError, match="needs a whitening stem"):
         resnetkit.create_model("resnet20").fit_whitening(x)
     # A first stage too narrow for all 18 keeps the 8 strongest directions and their negatives.
     narrow = resnetkit.create_model("resnet20", num_classes=10, in_chans=1, stem="whiten")  # widths 16/32/64
     narrow.fit_whitening(x)
     assert torch.equal(narrow.conv1.weight, w[[*range(8), *range(9, 17)]])
     assert resnetkit.create_model("resnet20", stem="whiten").conv1.weight.shape == (16, 3, 3, 3)
+
+
+def test_whiten_pool_stem_runs_the_stages_at_half_the_resolution():
+    x = torch.randn(64, 1, 28, 28)
+    pooled = resnetkit.create_model("resnet20", num_classes=10, in_chans=1, stem="whiten-pool", widths=(32, 32, 64))
+    full = resnetkit.create_model("resnet20", num_classes=10, in_chans=1, stem="whiten", widths=(32, 32, 64))
+    pooled.fit_whitening(x)
+    full.fit_whitening(x)
+    assert torch.equal(pooled.conv1.weight, full.conv1.weight) and not pooled.conv1.weight.requires_grad
+    # Stage outputs 14, 7, 4 (the 28x28 net: 28, 14, 7), and about a quarter of the multiply-adds.
+    sizes = [pooled.layer1(pooled.maxpool(pooled.relu(pooled.bn1(pooled.conv1(x))))).shape[-1]]
+    assert sizes == [14] and pooled.forward_features(x).shape[-1] == 4 and full.forward_features(x).shape[-1] == 7
+    macs = [resnetkit.summary(m, (1, 1, 28, 28)).macs for m in (pooled, full)]
+    assert 0.24 < macs[0] / macs[1] < 0.3
+    assert pooled(x).shape == (64, 10)
+

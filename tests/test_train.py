@@ -338,6 +338,29 @@ def test_whitening_stem_is_fitted_to_the_training_images_and_never_trained(tmp_p
     assert m.conv1.weight.abs().max() > 1  # filters scaled by 1/sqrt(eigenvalue): not the Kaiming init
 
 
+def test_progressive_resizing_grows_the_images_the_model_sees_to_full_size(tmp_path, monkeypatch):
+    seen = []  # the (H, W) of every training batch the model is given
+
+    def create(*args, **kwargs):
+        m = resnetkit.create_model(*args, **kwargs)
+        m.register_forward_pre_hook(lambda mod, inp: seen.append(tuple(inp[0].shape[-2:])) if mod.training else None)
+        return m
+
+    monkeypatch.setattr(train_module, "create_model", create)
+    cfg = small(tmp_path, progressive=16, epochs=4, log_every=2)  # 8 steps per epoch, 32 steps
+    train(cfg, tensorboard=False, verbose=False)
+    sizes = [h for h, w in seen]
+    assert all(h == w for h, w in seen) and len(sizes) == 32
+    # 16 at the start, in steps of 4, never shrinking, 28 from 3/4 of the schedule (step 24) on.
+    assert sizes[0] == 16 and set(sizes) == {16, 20, 24, 28} and sizes == sorted(sizes)
+    assert sizes.index(28) <= 24 and sizes[-8:] == [28] * 8 and sizes.index(20) > 0
+    logged = [r["image_size"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "image_size" in r]
+    assert logged[0] in (16, 20) and logged[-1] == 28
+    # The final evaluation is at full size: the model still classifies 28x28 test images.
+    m = resnetkit.load(tmp_path / "run" / "model.safetensors")
+    assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
 def test_shifted_tta_averages_ten_views_and_eval_repeats_it(tmp_path):
     from resnetkit.data import load_arrays, normalize
     from resnetkit.evaluate import evaluate_loaded
