@@ -10,8 +10,8 @@ ResNet-20, batch 256) ran at 435 img/s. The script measures that loop first and 
 ``budget x 435 / today's reference img/s`` seconds of training (`--time-limit`: the one-cycle
 schedule runs on the clock and ends on time; evaluation is not counted). Each result is reported
 in seconds, in normalised seconds (seconds x today's reference / 435), and in multiply-adds per
-image and training FLOPs (about 6 x MACs per image seen: 2 forward, 4 backward), as airbench
-reports them, so runs from different days compare.
+image and training FLOPs (about 6 x MACs per image seen: 2 forward, 4 backward; an image shrunk
+by --progressive counts by its share of the full area), as airbench reports them, so runs from different days compare.
 
 Accuracy is the final weights' on the test split, with the recipe's test-time augmentation; no
 epoch or seed is picked. ``--ablation`` trains ROWS below, each adding one idea to the row before.
@@ -68,6 +68,7 @@ def run(overrides: dict, seed: int, budget: float, ref: float, out: Path, resume
     if resume and done.exists():
         kept = json.loads(done.read_text())
         if kept["settings"] == overrides and kept["budget"] == budget:
+            kept.setdefault("images_at_full_size", images_at_full_size(out))  # runs saved before it was counted
             return kept
     cfg = make_config({"data": "fashion-mnist", "epochs": 60, "time_limit": budget * REFERENCE_IMG_S / ref,
                        "seed": seed, "out": str(out), "overwrite": True, **overrides})
@@ -77,10 +78,17 @@ def run(overrides: dict, seed: int, budget: float, ref: float, out: Path, resume
     result = {"seed": seed, "settings": overrides, "budget": budget, "reference_img_s": ref,
               "accuracy": s["test_accuracy"], "train_time": s["train_time_sec"],
               "normalised_time": s["train_time_sec"] * scale, "epochs": s["epochs"],
-              "images": s["steps"] * cfg.batch_size,
+              "images": s["steps"] * cfg.batch_size, "images_at_full_size": images_at_full_size(out),
               "curve": [(r["train_time"] * scale, 1 - r["test_error"]) for r in epochs]}
     atomic_write_text(done, json.dumps(result) + "\n")
     return result
+
+
+def images_at_full_size(out: Path, full: int = 28) -> float:
+    """Images seen, those shrunk by --progressive counted by their share of the full size's area
+    (a convolution's multiply-adds scale with the area), for the training FLOPs."""
+    return sum(r["images"] * (r.get("image_size", full) / full) ** 2
+               for r in read_metrics(out / "metrics.jsonl") if "images" in r)
 
 
 def time_to(curve: list[tuple[float, float]], target: float) -> float | None:
@@ -97,7 +105,7 @@ def summarise(i: int, label: str, overrides: dict, runs: list[dict], target: flo
             "epochs": statistics.fmean(r["epochs"] for r in runs),
             "train_time": statistics.fmean(r["train_time"] for r in runs),
             "normalised_time": statistics.fmean(r["normalised_time"] for r in runs),
-            "macs": macs, "train_flops": 6 * macs * statistics.fmean(r["images"] for r in runs),
+            "macs": macs, "train_flops": 6 * macs * statistics.fmean(r["images_at_full_size"] for r in runs),
             "time_to_target": statistics.fmean(hit) if None not in hit else None}
 
 
@@ -108,6 +116,7 @@ def main() -> None:
     p.add_argument("--ablation", action="store_true", help="train every row of ROWS")
     p.add_argument("--rows", type=int, nargs="+", help="with --ablation: only these rows (0-based)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="settings, as in the YAML config")
+    p.add_argument("--label", default="recipe", help="without --ablation: the row's name in the table")
     p.add_argument("--target", type=float, default=0.94, help="accuracy whose time is reported")
     p.add_argument("--reference-steps", type=int, default=40)
     p.add_argument("--resume", action="store_true", help="keep finished runs of the same settings and budget")
@@ -125,7 +134,7 @@ def main() -> None:
     kept = json.loads(table.read_text()) if table.exists() else {}
     rows = {r["row"]: r for r in kept.get("rows", []) if kept.get("budget") == args.budget}
     overrides = dict(base)
-    for i, (label, extra) in enumerate(ROWS if args.ablation else [("recipe", {})]):
+    for i, (label, extra) in enumerate(ROWS if args.ablation else [(args.label, {})]):
         overrides = {**overrides, **extra}
         if args.ablation and args.rows and i not in args.rows:
             continue

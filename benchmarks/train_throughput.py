@@ -145,6 +145,11 @@ def main() -> None:
         ("resnetkit trainer, bf16, channels_last (default)", {"precision": "bf16", "channels_last": True}),
         ("resnetkit trainer, bf16, channels_last, --compile", {"precision": "bf16", "channels_last": True,
                                                               "compile": True}),
+        # The speedrun recipe's net, and its first steps under --progressive 16 (16x16 images).
+        ("resnetkit trainer, bf16, channels_last, whitening stem", {"precision": "bf16", "channels_last": True,
+                                                                    "stem": "whiten"}),
+        ("resnetkit trainer, bf16, channels_last, whitening stem, 16x16 (--progressive 16, early steps)",
+         {"precision": "bf16", "channels_last": True, "stem": "whiten", "progressive": 16}),
     ]:
         rows[label] = lambda kw=kw: ours(m, n, b, **kw)
     rows["model step alone, fixed batch, no data (upper bound), bf16, channels_last"] = lambda: model_only(m, n, b)
