@@ -137,6 +137,15 @@ def main() -> None:
     print(f"{args.model}, Fashion-MNIST 28x28, batch {args.batch_size}, {args.steps} timed steps, "
           f"{args.rounds} rounds, torch {torch.__version__}, {torch.get_num_threads()} threads")
     m, n, b = args.model, args.steps, args.batch_size
+
+    # How close the step is to the machine: training costs about 6 FLOPs per multiply-add of the
+    # forward pass (2 forward, 4 backward), compared with a large bf16 matmul in the same run.
+    def macs(stem: str | None = None, size: int = 28) -> int:
+        model = resnetkit.create_model(m, num_classes=10, in_chans=1, **({"stem": stem} if stem else {}))
+        return resnetkit.summary(model, (1, 1, size, size)).macs
+
+    full = macs()
+    row_macs: dict[str, int] = {}  # per row: its net at the image size it trains on
     rows = {f"reference: DataLoader per-sample transforms, {w} workers, fp32, NCHW":
             (lambda w=w: reference_loop(m, n, b, w)) for w in (0, 2)}
     for label, kw in [
@@ -152,6 +161,7 @@ def main() -> None:
          {"precision": "bf16", "channels_last": True, "stem": "whiten", "progressive": 16}),
     ]:
         rows[label] = lambda kw=kw: ours(m, n, b, **kw)
+        row_macs[label] = macs(kw.get("stem"), kw.get("progressive") or 28)
     rows["model step alone, fixed batch, no data (upper bound), bf16, channels_last"] = lambda: model_only(m, n, b)
     rows["model step alone, fixed batch, no data, bf16, channels_last, torch.compile"] = \
         lambda: model_only(m, n, b, compile=True)
@@ -166,23 +176,12 @@ def main() -> None:
         for label, r in got.items():
             rates[label].append(r)
             ratios[label].append(r / base)
-    # How close the step is to the machine: training costs about 6 FLOPs per multiply-add of the
-    # forward pass (2 forward, 4 backward), compared with a large bf16 matmul in the same run.
-    def macs(stem: str | None = None, size: int = 28) -> int:
-        model = resnetkit.create_model(m, num_classes=10, in_chans=1, **({"stem": stem} if stem else {}))
-        return resnetkit.summary(model, (1, 1, size, size)).macs
-
-    full = macs()
-    row_macs = {label: full for label in rows}
-    for label in rows:
-        if "whitening stem" in label:
-            row_macs[label] = macs("whiten", 16 if "16x16" in label else 28)
     peak = matmul_peak(torch.bfloat16)
     width = max(map(len, rows))
     print(f"{'path':<{width}}  {'img/s (median)':>14}  {'vs baseline':>11}  {'GFLOP/s':>7}  {'of peak':>7}  per round")
     for label in rows:
         per_round = " ".join(f"{r:.2f}" for r in ratios[label])
-        flops = 6 * row_macs[label] * statistics.median(rates[label]) / 1e9
+        flops = 6 * row_macs.get(label, full) * statistics.median(rates[label]) / 1e9
         print(f"{label:<{width}}  {statistics.median(rates[label]):14.0f}  "
               f"{statistics.median(ratios[label]):10.2f}x  {flops:7.0f}  {100 * flops / peak:6.1f}%  {per_round}")
     print(f"\n{m}: {full / 1e6:.1f}M multiply-adds per 28x28 image; GFLOP/s = 6 x MACs x img/s, against a "
