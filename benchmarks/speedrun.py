@@ -11,7 +11,8 @@ ResNet-20, batch 256) ran at 435 img/s. The script measures that loop first and 
 schedule runs on the clock and ends on time; evaluation is not counted). Each result is reported
 in seconds, in normalised seconds (seconds x today's reference / 435), and in multiply-adds per
 image and training FLOPs (about 6 x MACs per image seen: 2 forward, 4 backward; an image shrunk
-by --progressive counts by its share of the full area), as airbench reports them, so runs from different days compare.
+by --progressive counts by its share of the full area), as airbench reports them, so runs from
+different days compare.
 
 Accuracy is the final weights' on the test split, with the recipe's test-time augmentation; no
 epoch or seed is picked. ``--ablation`` trains ROWS below, each adding one idea to the row before.
@@ -68,7 +69,6 @@ def run(overrides: dict, seed: int, budget: float, ref: float, out: Path, resume
     if resume and done.exists():
         kept = json.loads(done.read_text())
         if kept["settings"] == overrides and kept["budget"] == budget:
-            kept.setdefault("images_at_full_size", images_at_full_size(out))  # runs saved before it was counted
             return kept
     cfg = make_config({"data": "fashion-mnist", "epochs": 60, "time_limit": budget * REFERENCE_IMG_S / ref,
                        "seed": seed, "out": str(out), "overwrite": True, **overrides})
