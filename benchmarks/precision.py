@@ -5,9 +5,10 @@
 One training step (forward, loss, backward, SGD) of the model on a fixed Fashion-MNIST-sized
 batch (1x28x28, 10 classes), in fp32 and under bf16 autocast, each in NCHW and channels_last.
 Rounds alternate between the four so that a change in the machine's speed hits all alike;
-images/s is the median over rounds. On CPUs with AVX-512 BF16 or AMX, bf16 runs on native
-instructions and is faster than fp32; on AVX2-only CPUs it is emulated, and `auto` (the fast
-recipe's default) chooses fp32 there.
+images/s is the median over rounds. bf16 instructions do not make bf16 fast by themselves: AMX
+and AMD Zen 4's AVX-512 BF16 run the step faster than fp32, an Intel Xeon with AVX-512 BF16 and
+no AMX ran it slower, and AVX2-only CPUs emulate bf16 many times slower. `auto` (the fast
+recipe's default) follows these measurements (`resnetkit.runtime.bf16_pays`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 import resnetkit
-from resnetkit.runtime import autocast, native_bf16
+from resnetkit.runtime import autocast, bf16_pays, cpu_info
 
 
 def step_rate(model_name: str, batch: int, steps: int, precision: str, channels_last: bool) -> float:
@@ -46,12 +47,12 @@ def step_rate(model_name: str, batch: int, steps: int, precision: str, channels_
     return batch * steps / (time.perf_counter() - t)
 
 
-def cpu_flags() -> str:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    shown = sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni"))
-    return f"{name}; flags: {', '.join(shown)}"
+def machine() -> str:
+    name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")), "?") if Path("/proc/cpuinfo").exists() else "?"
+    vendor, flags = cpu_info()
+    shown = sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni"})
+    return f"{name} ({vendor}); flags: {', '.join(shown)}"
 
 
 def main() -> None:
@@ -66,9 +67,9 @@ def main() -> None:
     for _ in range(args.rounds):
         for p in paths:
             rates[p].append(step_rate(args.model, args.batch, args.steps, *p))
-    print(f"Machine: {cpu_flags()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"Machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{args.model}, batch {args.batch}, {args.steps} steps x {args.rounds} rounds; "
-          f"`--precision auto` picks {'bf16' if native_bf16('cpu') else 'fp32'} here\n")
+          f"`--precision auto` picks {'bf16' if bf16_pays('cpu') else 'fp32'} here\n")
     base = statistics.median(rates[("fp32", False)])
     print("| precision | memory format | img/s (median) | vs fp32 NCHW | rounds |")
     print("|---|---|---|---|---|")

@@ -28,7 +28,7 @@ from .data import DATASETS, NORMALIZATIONS
 from .errors import UserError
 from .registry import create_model, list_models
 from .resnet import STEMS
-from .runtime import native_bf16
+from .runtime import bf16_pays
 
 # Recipes: overrides of the defaults. Units are in the comments.
 RECIPES: dict[str, dict] = {
@@ -132,8 +132,8 @@ class TrainConfig:
 
     seed: int = setting(0, "seed of every random draw", group="runtime")
     device: str = setting("auto", "where to train", group="runtime", choices=("auto", "cpu", "cuda"))
-    precision: str = setting("fp32", "fp32, bf16 autocast, or auto: bf16 where the device computes it natively "
-                             "(AVX-512 BF16/AMX CPUs, Ampere+ GPUs), else fp32; config.yaml records the choice",
+    precision: str = setting("fp32", "fp32, bf16 autocast, or auto: bf16 where it beats fp32 (CPUs with AMX, AMD "
+                             "CPUs with AVX-512 BF16, Ampere+ GPUs), else fp32; config.yaml records the choice",
                              group="runtime", choices=("fp32", "bf16", "auto"))
     channels_last: bool = setting(False, "NHWC memory format", group="runtime")
     compile: bool = setting(False, "torch.compile the model", group="runtime")
@@ -328,7 +328,7 @@ def make_config(flags: dict | None = None, config_file: str | Path | None = None
             raise UserError(f"{e} (in {config_file})") from None
         raise
     if cfg.precision == "auto":
-        cfg.precision = "bf16" if native_bf16(cfg.device) else "fp32"
+        cfg.precision = "bf16" if bf16_pays(cfg.device) else "fp32"
     if recipe == "paper-cifar" and "warmup" not in chosen:
         # Decided by the network's real depth, not its name: resnext50_32x4d is 50 layers deep.
         if check_model(cfg.model, cfg.model_kwargs()).depth >= 110:

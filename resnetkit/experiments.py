@@ -40,8 +40,8 @@ PAPER_TABLE3 = {"A": 25.03, "B": 24.52, "C": 24.19, "none": 28.54}
 # One recipe for every run: the paper's CIFAR recipe (SGD 0.9, wd 1e-4, batch 128, lr 0.1
 # divided by 10 at 50% and 75% of training, padding + crop + flip), shortened to `epochs`.
 def recipe(quick: bool, epochs: int | None, precision: str = "auto") -> dict:
-    """``precision``: bf16 where the CPU computes it natively (AVX-512 BF16, AMX); fp32 on
-    CPUs that only emulate it (AVX2), where bf16 is many times slower."""
+    """``precision``: ``auto`` is bf16 where it is faster than fp32 (``runtime.bf16_pays``), fp32
+    elsewhere, e.g. on AVX2-only CPUs, where bf16 is emulated and many times slower."""
     common = {"recipe": "paper-cifar", "max_steps": 0, "milestones": [], "precision": precision,
               "channels_last": True, "tta": False}
     if quick:  # 100 steps per model on a subset: all 8 degradation runs in about a minute and a half
@@ -344,8 +344,8 @@ def add_cli(sub, more: dict | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--epochs", type=int, default=None, help="default 3, gradients 1 (quick: 1 on a subset)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="auto: bf16 where the device computes it natively, else fp32 (bf16 is emulated, "
-                        "and many times slower, on AVX2-only CPUs)")
+                   help="auto: bf16 where it beats fp32 on this device (AMX, AVX-512 BF16 on AMD, "
+                        "bf16 GPUs), else fp32")
     p.add_argument("--quick", action="store_true", help="a few hundred steps on a subset (< 2 min)")
     p.add_argument("--resume", action="store_true", help="keep finished runs, resume unfinished ones")
     p.set_defaults(func=cmd_experiment, more=more)

@@ -18,8 +18,8 @@ every path below is measured by the same code.
   convolution before it: at inference BN is the affine map y = g (x - m) / sqrt(v + eps) + b,
   so conv-then-BN is one conv with weights scaled by s = g / sqrt(v + eps) per output channel
   and bias b - m s, and a ResNet loses a third of its layers; (2) channels_last, the layout
-  oneDNN's convolutions work in; (3) bf16 autocast, by default only where the CPU has bf16
-  instructions (AVX512-BF16 or AMX; elsewhere bf16 is emulated and slower than fp32);
+  oneDNN's convolutions work in; (3) bf16 autocast, by default only where the model trained in
+  it and bf16 beats fp32 on this CPU (``runtime.bf16_pays``: AMX, or AVX512-BF16 on AMD);
   (4) ``torch.compile`` if asked (the first batch compiles, tens of seconds); (5) inference_mode.
 * ``OnnxEngine``: onnxruntime on an ONNX graph, fp32 or int8. Given a PyTorch model it exports
   one on the fly (and quantizes it, calibrated on the model's own training images), so
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -65,7 +64,7 @@ from .data import (
 )
 from .errors import UserError
 from .registry import create_model
-from .runtime import autocast, resolve_device
+from .runtime import BF16_FLAGS, autocast, bf16_pays, cpu_flags, native_bf16, resolve_device
 
 if TYPE_CHECKING:  # annotations only: onnx is imported where an ONNX path runs (see OnnxEngine)
     import onnx
@@ -84,30 +83,10 @@ NATIVE_SIZE = {"fashion-mnist": 28, "mnist": 28, "cifar10": 32, "cifar100": 32}
 # /proc/cpuinfo flags. VNNI (and AMX, and Arm's dot-product instructions) add four 8-bit
 # products straight into 32 bits; without them int8 kernels go through 16-bit sums that saturate.
 INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 CALIBRATION_IMAGES = 256  # default number of calibration images for int8
 
 
 # --- what this CPU can do ----------------------------------------------------------------------
-
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (x86 ``flags``, Arm ``Features``); empty where
-    there is no such file."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
-
-
-def native_bf16(flags: frozenset[str] | None = None) -> bool:
-    return bool(set(BF16_FLAGS) & (cpu_flags() if flags is None else flags))
-
 
 def int8_reduce_range(flags: frozenset[str] | None = None) -> tuple[bool, str]:
     """Whether int8 weights should keep to 7 bits on this CPU, and why (for the metadata)."""
@@ -506,10 +485,10 @@ def calibration_images(info: ModelInfo, cal: Calibration) -> tuple[torch.Tensor,
 
 
 def _default_precision(backend: str, info: ModelInfo) -> str:
-    """The fast path's precision when none is asked for: bf16 where the CPU computes in it
-    natively and the model was trained in it, else fp32."""
+    """The fast path's precision when none is asked for: bf16 where the model was trained in it
+    and bf16 is faster than fp32 on this CPU (``runtime.bf16_pays``), else fp32."""
     trained = info.training.get("precision", "fp32")
-    return "bf16" if backend == "torch" and trained == "bf16" and native_bf16() else "fp32"
+    return "bf16" if backend == "torch" and trained == "bf16" and bf16_pays("cpu") else "fp32"
 
 
 def open_model(spec: str | Path | nn.Module, *, backend: str | None = None, precision: str | None = None,
@@ -649,7 +628,7 @@ def add_engine_args(p: argparse.ArgumentParser, *, default_help: str) -> None:
     g.add_argument("--backend", choices=BACKENDS, default=None, help=default_help)
     g.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="fp32 or bf16 (PyTorch), fp32 or int8 (onnxruntime); default: bf16 where the model was "
-                        "trained in bf16 and this CPU has native bf16, else fp32; an .onnx file's own")
+                        "trained in bf16 and bf16 beats fp32 on this CPU, else fp32; an .onnx file's own")
     g.add_argument("--compile", action="store_true", help="torch.compile the PyTorch fast path (slow first batch)")
     g.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: one per core)")
     g.add_argument("--model", dest="model_name", default=None,

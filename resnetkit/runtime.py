@@ -1,4 +1,4 @@
-"""Where and how a run executes: the device, autocast, the process's rank, and the RNG state.
+"""Where and how a run executes: the device and what its CPU can do, autocast, the process's rank, and the RNG state.
 
 torchrun announces a distributed launch through RANK / WORLD_SIZE / LOCAL_RANK; without them
 this is process 0 of 1. The RNG helpers capture and restore every generator the trainer draws
@@ -8,8 +8,10 @@ from (torch, CUDA, Python's ``random``), which is what makes a resumed run conti
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
+from pathlib import Path
 
 import torch
 
@@ -26,12 +28,44 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
 
 
-def native_bf16(device: str) -> bool:
-    """Does ``device`` (auto, cpu, cuda) compute bf16 natively? On CPUs with AVX-512 BF16 or AMX
-    bf16 autocast is the fast path; CPUs with AVX2 only emulate it, many times slower than fp32."""
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """(vendor, feature flags) of this CPU from /proc/cpuinfo (x86 ``vendor_id`` and ``flags``,
+    Arm ``Features``); ("", empty) where there is no such file."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "", frozenset()
+    fields = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields.get("vendor_id", ""), frozenset((fields.get("flags") or fields.get("Features", "")).split())
+
+
+def cpu_flags() -> frozenset[str]:
+    return cpu_info()[1]
+
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def native_bf16(flags: frozenset[str] | None = None) -> bool:
+    """Does this CPU have bf16 instructions at all? Without them (AVX2 only) bf16 is emulated,
+    many times slower than fp32."""
+    return bool(set(BF16_FLAGS) & (cpu_flags() if flags is None else flags))
+
+
+def bf16_pays(device: str, cpu: tuple[str, frozenset[str]] | None = None) -> bool:
+    """Is bf16 autocast faster than fp32 on ``device`` (auto, cpu, cuda)? What ``--precision auto``
+    asks. On CUDA: where the GPU supports bf16. On a CPU, having bf16 instructions is not enough
+    (benchmarks/precision.py, docs/benchmarks.md): AMX tiles make a ResNet-20 step 2.3x faster,
+    and AMD Zen 4's AVX-512 BF16 1.35-1.5x; an Intel Xeon whose AMX the hypervisor hid, left with
+    AVX-512 BF16, ran it at 0.81x of fp32."""
     if device != "cpu" and torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    vendor, flags = cpu or cpu_info()
+    return "amx_bf16" in flags or ("avx512_bf16" in flags and vendor == "AuthenticAMD")
 
 
 def autocast(device: torch.device, precision: str):

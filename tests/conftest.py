@@ -38,3 +38,6 @@ def anchors() -> dict:
 # independently of PyTorch's own detection. Without it bf16 is emulated, several times slower.
 _CPU_FLAGS = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
 NATIVE_BF16 = " avx512_bf16" in _CPU_FLAGS or " amx_bf16" in _CPU_FLAGS
+# Is bf16 also faster than fp32 there (what --precision auto picks)? With AMX, or AVX-512 BF16 on
+# AMD; an Intel CPU with AVX-512 BF16 but no AMX measured bf16 slower (docs/benchmarks.md).
+BF16_PAYS = " amx_bf16" in _CPU_FLAGS or (" avx512_bf16" in _CPU_FLAGS and "AuthenticAMD" in _CPU_FLAGS)

@@ -29,11 +29,11 @@ from resnetkit.inference import (
     ModelInfo,
     fold_conv_bn,
     int8_reduce_range,
-    native_bf16,
     open_model,
     prepare_image,
     shipped_path,
 )
+from resnetkit.runtime import bf16_pays, cpu_info, native_bf16
 
 
 def run_cli(*args):
@@ -143,6 +143,21 @@ def test_cpu_flags_decide_int8_range_and_bf16():
     assert int8_reduce_range(frozenset({"amx_int8"}))[0] is False
     assert native_bf16(frozenset({"avx512f"})) is False and native_bf16(frozenset({"amx_bf16"})) is True
     assert native_bf16(frozenset({"avx512_bf16"})) is True
+    # --precision auto: bf16 only where it beats fp32 (docs/benchmarks.md, "Precision"): AMX on
+    # any vendor, AVX-512 BF16 on AMD Zen 4/5; not on an Intel CPU whose AMX is hidden or absent.
+    intel, amd = "GenuineIntel", "AuthenticAMD"
+    assert bf16_pays("cpu", (intel, frozenset({"avx512_bf16", "amx_bf16", "amx_tile"}))) is True
+    assert bf16_pays("cpu", (intel, frozenset({"avx512f", "avx512_bf16"}))) is False
+    assert bf16_pays("cpu", (amd, frozenset({"avx512f", "avx512_bf16"}))) is True
+    assert bf16_pays("cpu", (amd, frozenset({"avx2", "fma"}))) is False
+
+
+def test_cpu_info_reads_vendor_and_flags_of_this_machine():
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    vendor, flags = cpu_info()
+    assert vendor in text and set(flags) <= set(text.split())
+    if "flags" in text:  # x86: the vendor line and a flag every x86-64 CPU has
+        assert vendor in ("GenuineIntel", "AuthenticAMD") and "sse2" in flags
 
 
 def test_cli_predict_text_and_json(tmp_path):
