@@ -129,6 +129,11 @@ class TrainConfig:
     ema: float = setting(0.0, "decay per step of a moving average of the weights, e.g. 0.999 (0: off)",
                          group="optimisation")
     max_grad_norm: float = setting(0.0, "clip the gradients' global L2 norm to this (0: off)", group="optimisation")
+    # airbench's batch-norm levers: with the scale fixed, a BN layer is a learned shift, which
+    # tolerates (and profits from) a far higher learning rate than the convolutions.
+    bn_weight: bool = setting(True, "learn BN scales (--no-bn-weight freezes them at 1)", group="optimisation")
+    bn_bias_lr: float = setting(1.0, "BN shifts train at this multiple of --lr, with --weight-decay divided by it",
+                                group="optimisation")
 
     seed: int = setting(0, "seed of every random draw", group="runtime")
     device: str = setting("auto", "where to train", group="runtime", choices=("auto", "cpu", "cuda"))
@@ -165,7 +170,7 @@ class TrainConfig:
             value, choices = getattr(self, f.name), f.metadata["choices"]
             if choices and value is not None and value not in choices:
                 raise UserError(f"{flag(f.name)} must be one of {', '.join(choices)}, got {value!r}")
-        for name in ["lr", "batch_size", "eval_batch_size", "log_every"]:
+        for name in ["lr", "batch_size", "eval_batch_size", "log_every", "bn_bias_lr"]:
             if getattr(self, name) <= 0:
                 raise UserError(f"{flag(name)} must be positive, got {getattr(self, name)}")
         for name in ["epochs", "max_steps", "time_limit", "weight_decay", "momentum", "warmup", "pad",
@@ -184,6 +189,8 @@ class TrainConfig:
             raise UserError("--alternate-flip needs --flip")
         if self.tta_shift and not self.tta:
             raise UserError("--tta-shift needs --tta")
+        if self.zero_init_residual and not self.bn_weight:
+            raise UserError("--zero-init-residual needs --bn-weight: a BN scale frozen at zero silences its branch")
         if not 0 <= self.erase <= 1:
             raise UserError(f"--erase must be a probability in [0, 1], got {self.erase}")
         check_model(self.model, self.model_kwargs())

@@ -67,6 +67,10 @@ def init_from(model: nn.Module, path: str) -> list[str]:
     return missing
 
 
+def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def lr_factor(step: int, cfg: TrainConfig, total: int) -> float:
     """Learning rate at ``step`` as a multiple of ``cfg.lr``."""
     if cfg.schedule == "onecycle":
@@ -104,6 +108,9 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int, device: torch
     if cfg.freeze_backbone:
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith("fc.")
+    if not cfg.bn_weight:
+        for m in batch_norms(model):
+            m.weight.requires_grad_(False)  # at its initial 1
     if cfg.sync_bn and world > 1:
         distributed.convert_sync_batchnorm(model, device)
     return model.to(device).to(memory_format=memory_format)
@@ -125,9 +132,14 @@ class TrainState:
         self.elapsed = 0.0  # the same, up to the current step (kept up to date under --time-limit)
         # With --ema, a moving average of the weights is what gets evaluated and saved.
         self.ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema else None
+        # --bn-bias-lr: the BN shifts in a group of their own (the schedule scales every group alike).
+        shifts = {id(m.bias) for m in batch_norms(model) if m.bias is not None} if cfg.bn_bias_lr != 1 else set()
         params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                         weight_decay=cfg.weight_decay)
+        groups = [{"params": [p for p in params if id(p) not in shifts]},
+                  {"params": [p for p in params if id(p) in shifts], "lr": cfg.lr * cfg.bn_bias_lr,
+                   "weight_decay": cfg.weight_decay / cfg.bn_bias_lr}]
+        self.optimizer = torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum,
+                                         nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: self.lr_scale(s))
 
     @property
@@ -216,9 +228,8 @@ def run_epoch(state: TrainState, loader, epoch: int, run: RunDir, forward: nn.Mo
     start_batch = state.step - epoch * steps_per_epoch
     model.train()
     if cfg.freeze_backbone:  # frozen BN layers keep their statistics too
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
+        for m in batch_norms(model):
+            m.eval()
     bar = progress_bar(steps_per_epoch, epoch, epochs, start_batch)
     stats = LayerStats(model) if cfg.layer_stats else None
     # A CPU reads the loss for free, so every step is checked; an accelerator is checked at
