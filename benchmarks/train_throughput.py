@@ -4,8 +4,9 @@
 
 Reference: a torch Dataset that crops and flips one sample at a time in Python, a
 DataLoader (shuffle, workers), fp32, NCHW, eager. Ours: the real `resnetkit.train.train`
-loop (data on the device as one tensor, whole-batch augmentation, bf16 autocast,
-channels_last), plus the steps in between to show where the speed comes from.
+loop (data on the device as one tensor, whole-batch augmentation, `--precision auto`: bf16
+autocast where it beats fp32 on this CPU, channels_last), plus the steps in between to show
+where the speed comes from.
 Same model, batch size, optimiser and images in every row; images/s is the median
 over logging intervals after a warm-up.
 """
@@ -24,7 +25,10 @@ import resnetkit
 from resnetkit.config import make_config
 from resnetkit.data import channel_stats, load_arrays
 from resnetkit.rundir import read_metrics
+from resnetkit.runtime import bf16_pays
 from resnetkit.train import train
+
+AUTO = "bf16" if bf16_pays("cpu") else "fp32"  # what the trainer's --precision auto picks here
 
 
 class PerSampleDataset(torch.utils.data.Dataset):
@@ -74,8 +78,8 @@ def reference_loop(model_name: str, steps: int, batch_size: int, workers: int) -
     return statistics.median(rates)
 
 
-def fixed_batch_step(model: str | torch.nn.Module, batch_size: int, compile: bool = False):
-    """One training step (bf16 autocast, channels_last, SGD) on one fixed random batch, as a function."""
+def fixed_batch_step(model: str | torch.nn.Module, batch_size: int, compile: bool = False, precision: str = AUTO):
+    """One training step (``precision``, channels_last, SGD) on one fixed random batch, as a function."""
     if isinstance(model, str):
         model = resnetkit.create_model(model, num_classes=10, in_chans=1)
     model = model.to(memory_format=torch.channels_last)
@@ -85,7 +89,7 @@ def fixed_batch_step(model: str | torch.nn.Module, batch_size: int, compile: boo
     forward = torch.compile(model) if compile else model
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = F.cross_entropy(forward(x).float(), y, label_smoothing=0.1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -94,9 +98,10 @@ def fixed_batch_step(model: str | torch.nn.Module, batch_size: int, compile: boo
     return step
 
 
-def model_only(model: str | torch.nn.Module, steps: int, batch_size: int, compile: bool = False) -> float:
+def model_only(model: str | torch.nn.Module, steps: int, batch_size: int, compile: bool = False,
+               precision: str = AUTO) -> float:
     """An upper bound for any data pipeline: the same training step on one fixed batch."""
-    step = fixed_batch_step(model, batch_size, compile)
+    step = fixed_batch_step(model, batch_size, compile, precision)
     rates = []
     for i in range(steps + 5):
         t = time.perf_counter()
@@ -148,23 +153,23 @@ def main() -> None:
     row_macs: dict[str, int] = {}  # per row: its net at the image size it trains on
     rows = {f"reference: DataLoader per-sample transforms, {w} workers, fp32, NCHW":
             (lambda w=w: reference_loop(m, n, b, w)) for w in (0, 2)}
+    a = f"{AUTO}, channels_last"
     for label, kw in [
         ("resnetkit trainer, fp32, NCHW", {"precision": "fp32", "channels_last": False}),
-        ("resnetkit trainer, fp32, channels_last", {"precision": "fp32", "channels_last": True}),
-        ("resnetkit trainer, bf16, channels_last (default)", {"precision": "bf16", "channels_last": True}),
-        ("resnetkit trainer, bf16, channels_last, --compile", {"precision": "bf16", "channels_last": True,
-                                                              "compile": True}),
+        ("resnetkit trainer, fp32, channels_last" + (" (default)" if AUTO == "fp32" else ""),
+         {"precision": "fp32", "channels_last": True}),
+        ("resnetkit trainer, bf16, channels_last" + (" (default)" if AUTO == "bf16" else ""),
+         {"precision": "bf16", "channels_last": True}),
+        (f"resnetkit trainer, {a}, --compile", {"precision": AUTO, "channels_last": True, "compile": True}),
         # The speedrun recipe's net, and its first steps under --progressive 16 (16x16 images).
-        ("resnetkit trainer, bf16, channels_last, whitening stem", {"precision": "bf16", "channels_last": True,
-                                                                    "stem": "whiten"}),
-        ("resnetkit trainer, bf16, channels_last, whitening stem, 16x16 (--progressive 16, early steps)",
-         {"precision": "bf16", "channels_last": True, "stem": "whiten", "progressive": 16}),
+        (f"resnetkit trainer, {a}, whitening stem", {"precision": AUTO, "channels_last": True, "stem": "whiten"}),
+        (f"resnetkit trainer, {a}, whitening stem, 16x16 (--progressive 16, early steps)",
+         {"precision": AUTO, "channels_last": True, "stem": "whiten", "progressive": 16}),
     ]:
         rows[label] = lambda kw=kw: ours(m, n, b, **kw)
         row_macs[label] = macs(kw.get("stem"), kw.get("progressive") or 28)
-    rows["model step alone, fixed batch, no data (upper bound), bf16, channels_last"] = lambda: model_only(m, n, b)
-    rows["model step alone, fixed batch, no data, bf16, channels_last, torch.compile"] = \
-        lambda: model_only(m, n, b, compile=True)
+    rows[f"model step alone, fixed batch, no data (upper bound), {a}"] = lambda: model_only(m, n, b)
+    rows[f"model step alone, fixed batch, no data, {a}, torch.compile"] = lambda: model_only(m, n, b, compile=True)
     # The machine is shared and its speed drifts by 10-20% over minutes: every round measures
     # every row, and a row's ratio is the median over rounds of (row / the faster reference of
     # the same round), so a slow minute does not favour one side.
@@ -176,7 +181,8 @@ def main() -> None:
         for label, r in got.items():
             rates[label].append(r)
             ratios[label].append(r / base)
-    peak = matmul_peak(torch.bfloat16)
+    # The machine's peak: the faster of a large fp32 and bf16 matmul (bf16 only wins with AMX or on AMD).
+    peak, peak_dtype = max((matmul_peak(dt), str(dt)[6:]) for dt in (torch.float32, torch.bfloat16))
     width = max(map(len, rows))
     print(f"{'path':<{width}}  {'img/s (median)':>14}  {'vs baseline':>11}  {'GFLOP/s':>7}  {'of peak':>7}  per round")
     for label in rows:
@@ -185,7 +191,7 @@ def main() -> None:
         print(f"{label:<{width}}  {statistics.median(rates[label]):14.0f}  "
               f"{statistics.median(ratios[label]):10.2f}x  {flops:7.0f}  {100 * flops / peak:6.1f}%  {per_round}")
     print(f"\n{m}: {full / 1e6:.1f}M multiply-adds per 28x28 image; GFLOP/s = 6 x MACs x img/s, against a "
-          f"2048x2048 bf16 matmul's {peak:.0f} GFLOP/s on the same cores")
+          f"2048x2048 {peak_dtype} matmul's {peak:.0f} GFLOP/s on the same cores (the faster of fp32 and bf16)")
 
 
 if __name__ == "__main__":

@@ -2,11 +2,12 @@
 
     .venv/bin/python benchmarks/width_throughput.py
 
-The fixed-batch training step of train_throughput.py (bf16 autocast, channels_last, batch 256,
-no data pipeline): how much a wider or shallower net costs per image compared with ResNet-20.
+The fixed-batch training step of train_throughput.py (the precision `--precision auto` picks on
+this CPU, channels_last, batch 256, no data pipeline): how much a wider or shallower net costs per
+image compared with ResNet-20.
 """
 
-from train_throughput import model_only
+from train_throughput import AUTO, model_only
 
 from resnetkit.resnet import ResNet
 from resnetkit.summary import summary
@@ -22,6 +23,7 @@ SHAPES = [((3, 3, 3), (16, 32, 64), "cifar"), ((3, 3, 3), (24, 48, 96), "cifar")
           ((3, 3, 3), (64, 128, 256), "whiten-pool")]
 
 if __name__ == "__main__":
+    print(f"precision {AUTO}, channels_last, batch 256")
     print(f"{'blocks':<10} {'widths':<16} {'stem':<12} {'params':>10} {'MACs/img':>9} {'img/s':>7} {'s/epoch':>8} "
           f"{'GMAC/s':>7}")
     for layers, widths, stem in SHAPES:
