@@ -1,4 +1,5 @@
-"""Where and how a run executes: the device and what its CPU can do, autocast, the process's rank, and the RNG state.
+"""Where and how a run executes: the device and what its CPU can do, autocast, the process's
+rank, and the RNG state.
 
 torchrun announces a distributed launch through RANK / WORLD_SIZE / LOCAL_RANK; without them
 this is process 0 of 1. The RNG helpers capture and restore every generator the trainer draws
