@@ -110,7 +110,8 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int, device: torch
             p.requires_grad = name.startswith("fc.")
     if not cfg.bn_weight:
         for m in batch_norms(model):
-            m.weight.requires_grad_(False)  # at its initial 1
+            if m.weight is not None:
+                m.weight.requires_grad_(False)  # at its initial 1
     if cfg.sync_bn and world > 1:
         distributed.convert_sync_batchnorm(model, device)
     return model.to(device).to(memory_format=memory_format)
