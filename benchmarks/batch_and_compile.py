@@ -4,8 +4,8 @@ torch.compile.
     .venv/bin/python benchmarks/batch_and_compile.py [--rounds 4]
 
 Uses the fixed-batch model step of train_throughput.py (`--precision auto`'s choice,
-channels_last, no data pipeline). Every round measures every setting, so machine drift hits all of them alike; the
-table gives each round's img/s and the median.
+channels_last, no data pipeline). Every round measures every setting, so machine drift hits all
+of them alike; the table gives each round's img/s and the median.
 """
 
 import argparse

@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/profile_step.py [--batch-size 256] [--rows 20]
 
-The fixed-batch step of train_throughput.py (`--precision auto`'s choice, channels_last), 10 steps under
-torch.profiler after a warm-up. Then the same operators summed per stage, by the spatial size of
+The fixed-batch step of train_throughput.py (`--precision auto`'s choice, channels_last), 10
+steps under torch.profiler after a warm-up. Then the same operators summed per stage, by the spatial size of
 their first input (28x28: stem and stage 1, 14x14: stage 2, 7x7: stage 3), beside the
 multiply-adds of the layers whose output has that size (from ``resnetkit.summary``).
 """
