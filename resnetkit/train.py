@@ -131,6 +131,7 @@ class TrainState:
         self.step = 0
         self.train_time = 0.0  # seconds of training, evaluation and checkpoint writes excluded
         self.elapsed = 0.0  # the same, up to the current step (kept up to date under --time-limit)
+        self.first_step = 0.0  # what the first step took: with --compile, mostly compiling
         # With --ema, a moving average of the weights is what gets evaluated and saved.
         self.ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema else None
         # --bn-bias-lr: the BN shifts in a group of their own (the schedule scales every group alike).
@@ -149,9 +150,13 @@ class TrainState:
 
     def schedule_step(self, step: int) -> float:
         """Where the schedules stand at ``step``. With --time-limit they run on whichever is further
-        along, steps or the clock, so the learning rate still anneals to its end on time."""
-        clock = self.horizon * self.elapsed / self.cfg.time_limit if self.cfg.time_limit else 0.0
-        return max(step, clock)
+        along, steps or the clock, so the learning rate still anneals to its end on time. The
+        clock starts after the first step: under --compile that step takes tens of seconds,
+        billed to the limit, and the warm-up would otherwise pass before the second step."""
+        if not self.cfg.time_limit:
+            return step
+        left = max(self.cfg.time_limit - self.first_step, 1e-9)
+        return max(step, self.horizon * (self.elapsed - self.first_step) / left)
 
     def lr_scale(self, step: int) -> float:
         return lr_factor(self.schedule_step(step), self.cfg, self.horizon)
@@ -174,6 +179,8 @@ class TrainState:
         if self.cfg.time_limit:
             # Under DDP every rank follows the slowest clock: the schedule and the stop stay in step.
             self.elapsed = distributed.all_max(self.train_time + clock() - started)
+            if self.step == 0:
+                self.first_step = self.elapsed
         self.scheduler.step()
         if self.ema is not None:
             update_ema(self.ema, self.model, self.cfg.ema, self.step)
@@ -186,7 +193,7 @@ class TrainState:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "step": self.step,
                  "epoch": self.step // self.steps_per_epoch, "train_time": self.train_time,
-                 "elapsed": self.elapsed, "rng": rng_state(),
+                 "elapsed": self.elapsed, "first_step": self.first_step, "rng": rng_state(),
                  "model_name": cfg.model, "model_args": dict(self.model.model_args),
                  "config": dataclasses.asdict(cfg)}
         if self.ema is not None:
@@ -206,6 +213,7 @@ class TrainState:
         self.step, self.train_time = state["step"], state["train_time"]
         # The clock --time-limit decided on, which excludes the logging after that step.
         self.elapsed = state.get("elapsed", self.train_time)
+        self.first_step = state.get("first_step", 0.0)
         if self.out_of_time():
             self.total_steps = self.step  # resumed a run that had used up its time
         set_rng_state(state["rng"])
@@ -393,6 +401,7 @@ def train(cfg: TrainConfig, *, tensorboard: bool = True, verbose: bool = True) -
             "test_accuracy": last.accuracy, "test_error": last.error, "test_top5": last.top5,
             "test_loss": last.loss, "final_train_error": step_rows[-1]["train_error"] if step_rows else None,
             "train_time_sec": state.train_time,
+            "first_step_sec": state.first_step if cfg.time_limit else None,  # --compile's compile time, mostly
             "images_per_sec": sorted(ips)[len(ips) // 2] if ips else None,  # median over log intervals
             "device": str(device), "precision": cfg.precision, "torch": torch.__version__,
             "evaluated_on": f"holdout: the last {cfg.holdout} training images" if cfg.holdout else "test split",

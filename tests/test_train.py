@@ -201,6 +201,20 @@ def test_lr_follows_the_clock_under_a_time_limit(tmp_path):
     assert state.out_of_time()
 
 
+def test_clock_schedule_starts_after_a_slow_first_step(tmp_path, monkeypatch):
+    # --compile spends tens of seconds in the first step; that time is billed to the limit, but the
+    # one-cycle warm-up must still come in the steps after it, not pass before the second step.
+    cfg = small(tmp_path, epochs=1, time_limit=100)  # one-cycle over a horizon of 8 steps
+    state = TrainState(cfg, resnetkit.create_model("resnet20", in_chans=1), steps_per_epoch=8, horizon=8)
+    readings = iter([60.0, 80.0])
+    monkeypatch.setattr(train_module, "clock", lambda: next(readings))
+    state.after_step(0.0)  # the first step took 60 of the 100 s
+    assert state.scheduler.get_last_lr()[0] == pytest.approx(cfg.lr * lr_factor(1, cfg, 8))
+    state.after_step(0.0)  # at 80 s, half of the 40 s after the first step: step 4 of 8
+    assert state.scheduler.get_last_lr()[0] == pytest.approx(cfg.lr * lr_factor(4, cfg, 8))
+    assert state.state_dict()["first_step"] == 60.0  # and a resumed run keeps it
+
+
 def test_checkpoint_every_writes_mid_epoch_and_resume_from_it_is_exact(tmp_path, monkeypatch):
     # Record every checkpoint the run writes, as bytes, by step.
     written: dict[int, bytes] = {}
