@@ -100,8 +100,12 @@ def train_cold(cfg) -> dict:
     warm cache, would reuse the kernels)."""
     with tempfile.TemporaryDirectory() as cache, ProcessPoolExecutor(
             1, mp_context=multiprocessing.get_context("spawn"),
-            initializer=os.environ.__setitem__, initargs=("TORCHINDUCTOR_CACHE_DIR", cache)) as pool:
+            initializer=set_inductor_cache, initargs=(cache,)) as pool:
         return pool.submit(train, cfg, tensorboard=False, verbose=False).result()
+
+
+def set_inductor_cache(path: str) -> None:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
 
 
 def images_at_full_size(out: Path, full: int = 28) -> float:
