@@ -18,7 +18,7 @@ IMAGENET = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resne
             "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]
 CIFAR = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202"]
 PLAIN = ["plain18", "plain34", "plain20", "plain32", "plain44", "plain56", "plain110"]
-FASHION = ["fashion_resnet8", "fashion_resnet14"]
+FASHION = ["fashion_resnet8", "fashion_resnet14", "fashion_resnet8_pool"]
 # Checked by counts only: too large for a fast forward/backward on 2 cores.
 HUGE = {"resnet1202", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet101_2"}
 

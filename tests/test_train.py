@@ -16,7 +16,7 @@ import resnetkit
 from resnetkit import rundir
 from resnetkit import train as train_module
 from resnetkit.cli import build_parser
-from resnetkit.config import FIELDS, TrainConfig, make_config
+from resnetkit.config import FIELDS, TrainConfig, make_config, model_kwargs
 from resnetkit.errors import UserError
 from resnetkit.rundir import read_metrics
 from resnetkit.train import TrainState, init_from, lr_factor, train, update_ema
@@ -297,15 +297,21 @@ def test_init_from_torchvision_state_dict(tmp_path, torchvision_ref):  # noqa: F
 def test_speedrun_recipe_is_the_configuration_the_benchmark_measured():
     # The 15-minute runs published in docs/benchmarks.md were trained by benchmarks/speedrun.py
     # with explicit settings; `--recipe speedrun` must train exactly that, bar the clock and seed.
-    measured = yaml.safe_load((ROOT / "benchmarks/results/speedrun-900-r20-whiten/row0-seed0/config.yaml")
+    # The benchmark spelled the net out (ResNet-20's builder, other widths, blocks and stem); the
+    # recipe names it, so the two must build the same network.
+    measured = yaml.safe_load((ROOT / "benchmarks/results/speedrun-900-pool64x1-compile/row0-seed0/config.yaml")
                               .read_text())
     # (precision: "auto" resolves to bf16 on the CPU that measured it, maybe not on this one)
     recipe = dataclasses.asdict(make_config({"recipe": "speedrun"}))
     # Settings added since then were not in that file: the run had their defaults' behaviour.
     defaults = dataclasses.asdict(TrainConfig())
     differ = {k for k in recipe if recipe[k] != measured.get(k, defaults[k])}
-    assert differ <= {"recipe", "time_limit", "out", "precision"} and {"recipe", "time_limit", "out"} <= differ
+    assert differ <= {"recipe", "time_limit", "out", "precision", "model", "stem", "widths", "blocks"}
+    assert {"recipe", "time_limit", "out", "model"} <= differ
     assert recipe["time_limit"] == 900 and recipe["precision"] == FAST_PRECISION and measured["precision"] == "bf16"
+    nets = [resnetkit.create_model(c["model"], num_classes=10, in_chans=1, **model_kwargs(c))
+            for c in (recipe, measured)]
+    assert repr(nets[0]) == repr(nets[1]) and recipe["model"] == "fashion_resnet8_pool"
 
 
 def test_config_file_and_flag_precedence(tmp_path):
