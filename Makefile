@@ -28,7 +28,7 @@ browser:
 	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver)
 
 demo: setup data
-	$(VENV)/bin/resnetkit train --recipe speedrun --time-limit 420 --data fashion-mnist --out runs/demo
+	$(VENV)/bin/resnetkit train --recipe speedrun --time-limit 450 --data fashion-mnist --out runs/demo
 	$(VENV)/bin/resnetkit eval runs/demo/model.safetensors --data fashion-mnist
 
 # Two pytest workers of one thread each: OpenMP threads beyond the core count spin and stall.
