@@ -130,6 +130,9 @@ class TrainConfig:
     ema: float = setting(0.0, "decay per step of a moving average of the weights, e.g. 0.999 (0: off)",
                          group="optimisation")
     max_grad_norm: float = setting(0.0, "clip the gradients' global L2 norm to this (0: off)", group="optimisation")
+    lookahead: int = setting(0, "Lookahead: every this many steps the weights restart from slow weights moved "
+                             "--lookahead-alpha of the way to them (0: off)", group="optimisation")
+    lookahead_alpha: float = setting(0.5, "Lookahead: how far the slow weights move at each sync", group="optimisation")
     # airbench's batch-norm levers: with the scale fixed, a BN layer is a learned shift, which
     # tolerates (and profits from) a far higher learning rate than the convolutions.
     bn_weight: bool = setting(True, "learn BN scales (--no-bn-weight freezes them at 1)", group="optimisation")
@@ -176,7 +179,7 @@ class TrainConfig:
                 raise UserError(f"{flag(name)} must be positive, got {getattr(self, name)}")
         for name in ["epochs", "max_steps", "time_limit", "weight_decay", "momentum", "warmup", "pad",
                      "label_smoothing", "train_subset", "test_subset", "holdout", "checkpoint_every", "workers",
-                     "max_grad_norm", "layer_stats", "tta_shift", "progressive"]:
+                     "max_grad_norm", "layer_stats", "tta_shift", "progressive", "lookahead"]:
             if getattr(self, name) < 0:
                 raise UserError(f"{flag(name)} must not be negative, got {getattr(self, name)}")
         if self.epochs == 0 and self.max_steps == 0:
@@ -184,6 +187,8 @@ class TrainConfig:
         for name in ["label_smoothing", "ema"]:
             if not 0 <= getattr(self, name) < 1:
                 raise UserError(f"{flag(name)} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 < self.lookahead_alpha <= 1:
+            raise UserError(f"--lookahead-alpha must be in (0, 1], got {self.lookahead_alpha}")
         if self.nesterov and self.momentum <= 0:
             raise UserError("--nesterov needs --momentum above 0 (the fast recipe sets --nesterov; add --no-nesterov)")
         if self.alternate_flip and not self.flip:

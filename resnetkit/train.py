@@ -134,6 +134,9 @@ class TrainState:
         self.first_step = 0.0  # what the first step took: with --compile, mostly compiling
         # With --ema, a moving average of the weights is what gets evaluated and saved.
         self.ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema else None
+        # --lookahead (Zhang et al. 2019): slow weights that move alpha of the way to the trained
+        # ("fast") weights every k steps; the fast weights then restart from them.
+        self.slow = [p.detach().clone() for p in model.parameters() if p.requires_grad] if cfg.lookahead else None
         # --bn-bias-lr: the BN shifts in a group of their own (the schedule scales every group alike).
         shifts = {id(m.bias) for m in batch_norms(model) if m.bias is not None} if cfg.bn_bias_lr != 1 else set()
         params = [p for p in model.parameters() if p.requires_grad]
@@ -182,6 +185,11 @@ class TrainState:
             if self.step == 0:
                 self.first_step = self.elapsed
         self.scheduler.step()
+        if self.slow is not None and (self.step + 1) % self.cfg.lookahead == 0:
+            with torch.no_grad():
+                fast = [p for p in self.model.parameters() if p.requires_grad]
+                torch._foreach_lerp_(self.slow, fast, self.cfg.lookahead_alpha)
+                torch._foreach_copy_(fast, self.slow)
         if self.ema is not None:
             update_ema(self.ema, self.model, self.cfg.ema, self.step)
         self.step += 1
@@ -198,6 +206,8 @@ class TrainState:
                  "config": dataclasses.asdict(cfg)}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
+        if self.slow is not None:
+            state["lookahead"] = self.slow
         return state
 
     def load_state_dict(self, state: dict, where: str = "checkpoint") -> None:
@@ -210,6 +220,10 @@ class TrainState:
             if "ema" not in state:
                 raise UserError(f"{where} was saved without --ema; resume without it or start afresh")
             self.ema.load_state_dict(state["ema"])
+        if self.slow is not None:
+            if "lookahead" not in state:
+                raise UserError(f"{where} was saved without --lookahead; resume without it or start afresh")
+            torch._foreach_copy_(self.slow, state["lookahead"])
         self.step, self.train_time = state["step"], state["train_time"]
         # The clock --time-limit decided on, which excludes the logging after that step.
         self.elapsed = state.get("elapsed", self.train_time)

@@ -1,5 +1,6 @@
 """The trainer end to end: real Fashion-MNIST, resume, --init, config files, eval, bad input."""
 
+import copy
 import dataclasses
 import json
 import os
@@ -8,6 +9,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from conftest import BF16_PAYS, FASHION_MNIST, ROOT, torchvision_ref  # noqa: F401
 from fakedata import write_image_folder, write_mnist
@@ -158,6 +160,38 @@ def test_bn_levers_freeze_scales_and_speed_up_shifts(tmp_path):
     assert shift_group["lr"] == pytest.approx(8 * state.optimizer.param_groups[0]["lr"])
     with pytest.raises(UserError, match="needs --bn-weight"):
         small(tmp_path, zero_init_residual=True, bn_weight=False)
+
+
+def test_lookahead_restarts_the_weights_from_a_slow_copy_every_k_steps(tmp_path):
+    # Lookahead (k=2, alpha=0.5) against plain SGD from the same init and batch: after step 1
+    # the weights are SGD's; after step 2 they are halfway from the init to SGD's second step.
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    model = resnetkit.create_model("resnet20", in_chans=1)
+    init = [p.detach().clone() for p in model.parameters()]
+    kw = {"schedule": "step", "momentum": 0.9, "nesterov": True}  # the full lr until the first milestone
+    plain = TrainState(small(tmp_path, **kw), copy.deepcopy(model), 8, 8)
+    ours = TrainState(small(tmp_path, lookahead=2, lookahead_alpha=0.5, **kw), model, 8, 8)
+    for step in (1, 2):
+        for s in (plain, ours):
+            s.optimizer.zero_grad()
+            F.cross_entropy(s.model(x), y).backward()
+            s.optimizer.step()
+            s.after_step(0.0)
+        for a, b, i in zip(ours.model.parameters(), plain.model.parameters(), init):
+            if step == 1:
+                assert torch.equal(a, b)
+            else:
+                torch.testing.assert_close(a, i + 0.5 * (b - i), rtol=1e-5, atol=1e-7)
+    assert not torch.equal(ours.model.conv1.weight, plain.model.conv1.weight)
+    # The slow weights travel in the checkpoint, and a checkpoint without them is refused.
+    resumed = TrainState(small(tmp_path, lookahead=2), resnetkit.create_model("resnet20", in_chans=1), 8, 8)
+    resumed.load_state_dict(ours.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(resumed.slow, ours.slow))
+    with pytest.raises(UserError, match="without --lookahead"):
+        resumed.load_state_dict(plain.state_dict())
+    with pytest.raises(UserError, match="lookahead-alpha"):
+        small(tmp_path, lookahead=2, lookahead_alpha=0)
 
 
 class FakeClock:
