@@ -133,6 +133,12 @@ class TrainConfig:
     lookahead: int = setting(0, "Lookahead: every this many steps the weights restart from slow weights moved "
                              "--lookahead-alpha of the way to them (0: off)", group="optimisation")
     lookahead_alpha: float = setting(0.5, "Lookahead: how far the slow weights move at each sync", group="optimisation")
+    optimizer: str = setting("sgd", "sgd: SGD for every weight; muon: Muon (torch.optim.Muon) for the convolution "
+                             "filters, each rescaled to a fixed norm, SGD for the rest (airbench's split)",
+                             group="optimisation", choices=("sgd", "muon"))
+    muon_lr: float = setting(0.24, "with --optimizer muon: the filters' peak learning rate (a step's size relative "
+                             "to the weights)", group="optimisation")
+    muon_momentum: float = setting(0.6, "with --optimizer muon: the filters' Nesterov momentum", group="optimisation")
     # airbench's batch-norm levers: with the scale fixed, a BN layer is a learned shift, which
     # tolerates (and profits from) a far higher learning rate than the convolutions.
     bn_weight: bool = setting(True, "learn BN scales (--no-bn-weight freezes them at 1)", group="optimisation")
@@ -174,7 +180,7 @@ class TrainConfig:
             value, choices = getattr(self, f.name), f.metadata["choices"]
             if choices and value is not None and value not in choices:
                 raise UserError(f"{flag(f.name)} must be one of {', '.join(choices)}, got {value!r}")
-        for name in ["lr", "batch_size", "eval_batch_size", "log_every", "bn_bias_lr"]:
+        for name in ["lr", "batch_size", "eval_batch_size", "log_every", "bn_bias_lr", "muon_lr"]:
             if getattr(self, name) <= 0:
                 raise UserError(f"{flag(name)} must be positive, got {getattr(self, name)}")
         for name in ["epochs", "max_steps", "time_limit", "weight_decay", "momentum", "warmup", "pad",
@@ -184,7 +190,7 @@ class TrainConfig:
                 raise UserError(f"{flag(name)} must not be negative, got {getattr(self, name)}")
         if self.epochs == 0 and self.max_steps == 0:
             raise UserError("set --epochs or --max-steps")
-        for name in ["label_smoothing", "ema"]:
+        for name in ["label_smoothing", "ema", "muon_momentum"]:
             if not 0 <= getattr(self, name) < 1:
                 raise UserError(f"{flag(name)} must be in [0, 1), got {getattr(self, name)}")
         if not 0 < self.lookahead_alpha <= 1:

@@ -35,6 +35,7 @@ from .data import build_loaders, first_images
 from .errors import UserError
 from .evaluate import EvalResult, evaluate_model
 from .layerstats import LayerStats
+from .muon import FilterMuon
 from .registry import create_model
 from .rundir import RunDir, progress_bar
 from .runtime import autocast, rank_and_world, resolve_device, rng_state, seed_everything, set_rng_state
@@ -137,15 +138,20 @@ class TrainState:
         # --lookahead (Zhang et al. 2019): slow weights that move alpha of the way to the trained
         # ("fast") weights every k steps; the fast weights then restart from them.
         self.slow = [p.detach().clone() for p in model.parameters() if p.requires_grad] if cfg.lookahead else None
+        # --optimizer muon: the filter banks step with Muon (muon.py), the rest with SGD as usual.
+        self.muon = FilterMuon(model, cfg.muon_lr, cfg.muon_momentum) if cfg.optimizer == "muon" else None
+        muoned = {id(p) for p in self.muon.filters} if self.muon else set()
         # --bn-bias-lr: the BN shifts in a group of their own (the schedule scales every group alike).
         shifts = {id(m.bias) for m in batch_norms(model) if m.bias is not None} if cfg.bn_bias_lr != 1 else set()
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = [p for p in model.parameters() if p.requires_grad and id(p) not in muoned]
         groups = [{"params": [p for p in params if id(p) not in shifts]},
                   {"params": [p for p in params if id(p) in shifts], "lr": cfg.lr * cfg.bn_bias_lr,
                    "weight_decay": cfg.weight_decay / cfg.bn_bias_lr}]
         self.optimizer = torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum,
                                          nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: self.lr_scale(s))
+        self.muon_scheduler = (torch.optim.lr_scheduler.LambdaLR(self.muon.optimizer, lambda s: self.lr_scale(s))
+                               if self.muon else None)
 
     @property
     def final_model(self) -> nn.Module:
@@ -173,6 +179,11 @@ class TrainState:
         t = min(1.0, self.schedule_step(self.step) / (0.75 * self.horizon))
         return min(full, self.cfg.progressive + 4 * int(t * (full - self.cfg.progressive) / 4))
 
+    def optimizer_step(self) -> None:
+        self.optimizer.step()
+        if self.muon is not None:
+            self.muon.step()
+
     def out_of_time(self) -> bool:
         return bool(self.cfg.time_limit) and self.elapsed >= self.cfg.time_limit
 
@@ -185,6 +196,8 @@ class TrainState:
             if self.step == 0:
                 self.first_step = self.elapsed
         self.scheduler.step()
+        if self.muon_scheduler is not None:
+            self.muon_scheduler.step()
         if self.slow is not None and (self.step + 1) % self.cfg.lookahead == 0:
             with torch.no_grad():
                 fast = [p for p in self.model.parameters() if p.requires_grad]
@@ -208,11 +221,17 @@ class TrainState:
             state["ema"] = self.ema.state_dict()
         if self.slow is not None:
             state["lookahead"] = self.slow
+        if self.muon is not None:
+            state["muon"] = {"optimizer": self.muon.optimizer.state_dict(),
+                             "scheduler": self.muon_scheduler.state_dict()}
         return state
 
     def load_state_dict(self, state: dict, where: str = "checkpoint") -> None:
         if state["model_name"] != self.cfg.model:
             raise UserError(f"{where} holds {state['model_name']}, not {self.cfg.model}")
+        if ("muon" in state) != (self.muon is not None):  # the optimisers hold different weights
+            saved = "with" if "muon" in state else "without"
+            raise UserError(f"{where} was saved {saved} --optimizer muon; resume the same way or start afresh")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -224,6 +243,9 @@ class TrainState:
             if "lookahead" not in state:
                 raise UserError(f"{where} was saved without --lookahead; resume without it or start afresh")
             torch._foreach_copy_(self.slow, state["lookahead"])
+        if self.muon is not None:
+            self.muon.optimizer.load_state_dict(state["muon"]["optimizer"])
+            self.muon_scheduler.load_state_dict(state["muon"]["scheduler"])
         self.step, self.train_time = state["step"], state["train_time"]
         # The clock --time-limit decided on, which excludes the logging after that step.
         self.elapsed = state.get("elapsed", self.train_time)
@@ -272,14 +294,14 @@ def run_epoch(state: TrainState, loader, epoch: int, run: RunDir, forward: nn.Mo
             loss = criterion(logits.float(), y)
         if check_each_step and not math.isfinite(loss.item()):
             diverged(state, run, loss.item(), state.step + 1)
-        state.optimizer.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
         loss.backward()
         record = stats is not None and state.step % cfg.layer_stats == 0
         if record:
             stats.before_step()
         if cfg.max_grad_norm:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        state.optimizer.step()
+        state.optimizer_step()
         if record:
             run.log({"step": state.step, **stats.after_step()}, "layers.jsonl")
         state.after_step(t_log)

@@ -194,6 +194,55 @@ def test_lookahead_restarts_the_weights_from_a_slow_copy_every_k_steps(tmp_path)
         small(tmp_path, lookahead=2, lookahead_alpha=0)
 
 
+def test_muon_steps_each_filter_bank_along_its_orthogonalised_gradient(tmp_path):
+    # --optimizer muon, channels_last (the filters' memory is out x kh x kw x in). One step from
+    # the same init and batch as plain SGD: each conv filter bank W, read as the matrix
+    # out x (in kh kw), is first rescaled to norm sqrt(out) and then moves by lr times the
+    # gradient made orthogonal, i.e. along the polar factor U V^T of its SVD (Muon's
+    # Newton-Schulz iteration approximates it; with no momentum history the update is the
+    # gradient's); every other weight takes plain SGD's step.
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    model = resnetkit.create_model("resnet20", in_chans=1).to(memory_format=torch.channels_last)
+    init = {n: p.detach().clone() for n, p in model.named_parameters()}
+    kw = {"schedule": "step", "channels_last": True}  # the full lr until the first milestone
+    plain = TrainState(small(tmp_path, **kw), copy.deepcopy(model), 8, 8)
+    ours = TrainState(small(tmp_path, optimizer="muon", muon_lr=0.1, **kw), model, 8, 8)
+    for s in (plain, ours):
+        F.cross_entropy(s.model(x.contiguous(memory_format=torch.channels_last)), y).backward()
+        grads = {n: p.grad.clone() for n, p in s.model.named_parameters()}
+        s.optimizer_step()
+        s.after_step(0.0)
+    banks = [n for n, p in model.named_parameters() if p.ndim == 4]
+    assert len(banks) == 19 and len(ours.muon.filters) == 19  # ResNet-20: the stem and two per block
+    for n, p in model.named_parameters():
+        if n not in banks:
+            assert torch.equal(p, dict(plain.model.named_parameters())[n]), n
+            continue
+        w0 = init[n].reshape(len(p), -1)
+        step = (w0 * len(p) ** 0.5 / w0.norm() - p.detach().reshape(len(p), -1)) / 0.1
+        u, _, vh = torch.linalg.svd(grads[n].reshape(len(p), -1), full_matrices=False)
+        polar, g = u @ vh, grads[n].reshape(len(p), -1)
+        cosine = (step * polar).sum() / (step.norm() * polar.norm())
+        assert cosine > 0.97, (n, cosine)  # the same directions, in the same order
+        assert cosine > (g * polar).sum() / (g.norm() * polar.norm()) + 0.01, n  # closer to it than SGD's step
+        assert 0.5 < step.norm() / polar.norm() < 1.5, n  # singular values near 1
+    # Muon's momentum travels in the checkpoint, and a checkpoint without it is refused.
+    resumed = TrainState(small(tmp_path, optimizer="muon", **kw), resnetkit.create_model("resnet20", in_chans=1)
+                         .to(memory_format=torch.channels_last), 8, 8)
+    resumed.load_state_dict(ours.state_dict())
+    for a, b in zip(resumed.muon.matrices, ours.muon.matrices):
+        assert torch.equal(resumed.muon.optimizer.state[a]["momentum_buffer"],
+                           ours.muon.optimizer.state[b]["momentum_buffer"])
+    with pytest.raises(UserError, match="without --optimizer muon"):
+        resumed.load_state_dict(plain.state_dict())
+    with pytest.raises(UserError, match="with --optimizer muon"):
+        plain.load_state_dict(ours.state_dict())
+    with pytest.raises(UserError, match="pre-activation"):
+        TrainState(small(tmp_path, optimizer="muon", version="2"),
+                   resnetkit.create_model("resnet20", in_chans=1, version="2"), 8, 8)
+
+
 class FakeClock:
     """Advances a fixed amount each time the trainer reads it: the time limit without the machine's speed."""
 
