@@ -39,6 +39,8 @@ class FilterMuon:
             raise UserError("--optimizer muon rescales each filter bank, which needs a batch norm after every "
                             "convolution; a pre-activation net (--version 2) adds some straight to the shortcut")
         self.filters = [p for p in model.parameters() if p.requires_grad and p.ndim == 4]
+        if not self.filters:
+            raise UserError("--optimizer muon: this net has no trainable convolution filters")
         self.matrices = [nn.Parameter(matrix(w.detach())) for w in self.filters]
         for w, m in zip(self.filters, self.matrices):
             if m.data_ptr() != w.data_ptr() or m.numel() != w.numel():

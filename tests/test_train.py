@@ -231,6 +231,7 @@ def test_muon_steps_each_filter_bank_along_its_orthogonalised_gradient(tmp_path)
     resumed = TrainState(small(tmp_path, optimizer="muon", **kw), resnetkit.create_model("resnet20", in_chans=1)
                          .to(memory_format=torch.channels_last), 8, 8)
     resumed.load_state_dict(ours.state_dict())
+    assert resumed.muon_scheduler.get_last_lr() == ours.muon_scheduler.get_last_lr()
     for a, b in zip(resumed.muon.matrices, ours.muon.matrices):
         assert torch.equal(resumed.muon.optimizer.state[a]["momentum_buffer"],
                            ours.muon.optimizer.state[b]["momentum_buffer"])
