@@ -43,7 +43,7 @@ class FilterMuon:
             raise UserError("--optimizer muon: this net has no trainable convolution filters")
         self.matrices = [nn.Parameter(matrix(w.detach())) for w in self.filters]
         for w, m in zip(self.filters, self.matrices):
-            if m.data_ptr() != w.data_ptr() or m.numel() != w.numel():
+            if m.data_ptr() != w.data_ptr():  # reshape copied: no 2-D view of this layout
                 raise UserError(f"--optimizer muon cannot view a {tuple(w.shape)} filter bank with strides "
                                 f"{w.stride()} as a matrix")
         self.optimizer = torch.optim.Muon(self.matrices, lr=lr, momentum=momentum, nesterov=True, weight_decay=0)
