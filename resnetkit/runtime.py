@@ -69,6 +69,17 @@ def bf16_pays(device: str, cpu: tuple[str, frozenset[str]] | None = None) -> boo
     return "amx_bf16" in flags or ("avx512_bf16" in flags and vendor == "AuthenticAMD")
 
 
+def compile_pays(device: str, cpu: tuple[str, frozenset[str]] | None = None) -> bool:
+    """Does torch.compile pay for its compile time in a clocked run (``--recipe speedrun``)? On
+    2 cores the cold compile takes 23-33 s, billed to the clock. With AMX the compiled
+    ``fashion_resnet8_pool`` then trained 1.27x faster; on AMD Zen 4 (AVX-512 BF16, no AMX) no
+    faster, with SGD or Muon, so there it only cost the compile (docs/benchmarks.md). GPUs were
+    not measured: compiled, as the recipe always was."""
+    if device != "cpu" and torch.cuda.is_available():
+        return True
+    return "amx_bf16" in (cpu or cpu_info())[1]
+
+
 def autocast(device: torch.device, precision: str):
     """bf16 autocast for ``precision="bf16"``, nothing for fp32."""
     if precision == "bf16":

@@ -41,3 +41,5 @@ NATIVE_BF16 = " avx512_bf16" in _CPU_FLAGS or " amx_bf16" in _CPU_FLAGS
 # Is bf16 also faster than fp32 there (what --precision auto picks)? With AMX, or AVX-512 BF16 on
 # AMD; an Intel CPU with AVX-512 BF16 but no AMX measured bf16 slower (docs/benchmarks.md).
 BF16_PAYS = " amx_bf16" in _CPU_FLAGS or (" avx512_bf16" in _CPU_FLAGS and "AuthenticAMD" in _CPU_FLAGS)
+# Does torch.compile pay for its compile time in a clocked run? Measured only with AMX.
+COMPILE_PAYS = " amx_bf16" in _CPU_FLAGS

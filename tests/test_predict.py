@@ -33,7 +33,7 @@ from resnetkit.inference import (
     prepare_image,
     shipped_path,
 )
-from resnetkit.runtime import bf16_pays, cpu_info, native_bf16
+from resnetkit.runtime import bf16_pays, compile_pays, cpu_info, native_bf16
 
 
 def run_cli(*args):
@@ -150,6 +150,9 @@ def test_cpu_flags_decide_int8_range_and_bf16():
     assert bf16_pays("cpu", (intel, frozenset({"avx512f", "avx512_bf16"}))) is False
     assert bf16_pays("cpu", (amd, frozenset({"avx512f", "avx512_bf16"}))) is True
     assert bf16_pays("cpu", (amd, frozenset({"avx2", "fma"}))) is False
+    # --recipe speedrun compiles only where that paid for the compile time: with AMX, not on Zen 4.
+    assert compile_pays("cpu", (intel, frozenset({"avx512_bf16", "amx_bf16", "amx_tile"}))) is True
+    assert compile_pays("cpu", (amd, frozenset({"avx512f", "avx512_bf16"}))) is False
 
 
 def test_cpu_info_reads_vendor_and_flags_of_this_machine():

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import BF16_PAYS, FASHION_MNIST, ROOT, torchvision_ref  # noqa: F401
+from conftest import BF16_PAYS, COMPILE_PAYS, FASHION_MNIST, ROOT, torchvision_ref  # noqa: F401
 from fakedata import write_image_folder, write_mnist
 
 import resnetkit
@@ -392,9 +392,12 @@ def test_speedrun_recipe_is_the_configuration_the_benchmark_measured():
     # Settings added since then were not in that file: the run had their defaults' behaviour.
     defaults = dataclasses.asdict(TrainConfig())
     differ = {k for k in recipe if recipe[k] != measured.get(k, defaults[k])}
-    assert differ <= {"recipe", "time_limit", "out", "precision", "model", "stem", "widths", "blocks"}
+    assert differ <= {"recipe", "time_limit", "out", "precision", "compile", "model", "stem", "widths", "blocks"}
     assert {"recipe", "time_limit", "out", "model"} <= differ
     assert recipe["time_limit"] == 900 and recipe["precision"] == FAST_PRECISION and measured["precision"] == "bf16"
+    # (compiled where that pays, as the CPU that measured it had it; an explicit flag wins)
+    assert recipe["compile"] == COMPILE_PAYS and measured["compile"] is True
+    assert make_config({"recipe": "speedrun", "compile": True}).compile is True
     nets = [resnetkit.create_model(c["model"], num_classes=10, in_chans=1, **model_kwargs(c))
             for c in (recipe, measured)]
     assert repr(nets[0]) == repr(nets[1]) and recipe["model"] == "fashion_resnet8_pool"
