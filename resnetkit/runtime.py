@@ -72,9 +72,9 @@ def bf16_pays(device: str, cpu: tuple[str, frozenset[str]] | None = None) -> boo
 def compile_pays(device: str, cpu: tuple[str, frozenset[str]] | None = None) -> bool:
     """Does torch.compile pay for its compile time in a clocked run (``--recipe speedrun``)? On
     2 cores the cold compile takes 23-33 s, billed to the clock. With AMX the compiled
-    ``fashion_resnet8_pool`` then trained 1.27x faster; on AMD Zen 4 (AVX-512 BF16, no AMX) no
-    faster, with SGD or Muon, so there it only cost the compile (docs/benchmarks.md). GPUs were
-    not measured: compiled, as the recipe always was."""
+    ``fashion_resnet8_pool`` then trained 1.27x faster; on AMD Zen 4 (AVX-512 BF16, no AMX)
+    0-5% faster, with SGD or Muon, which a 15-minute run barely earns back and a shorter one
+    does not (docs/benchmarks.md). GPUs were not measured: compiled, as the recipe always was."""
     if device != "cpu" and torch.cuda.is_available():
         return True
     return "amx_bf16" in (cpu or cpu_info())[1]
