@@ -162,6 +162,8 @@ def main() -> None:
         runs = [run(overrides, seed, args.budget, args.reference_steps, args.out / f"row{i}-seed{seed}", args.resume)
                 for seed in range(args.seeds)]
         rows[i] = summarise(i, label, overrides, runs, args.target)
+        for seed, r in enumerate(runs):
+            print(seed_line(r, args.out / f"row{i}-seed{seed}"))
         print(format_row(rows[i]), flush=True)
         result = {"reference_basis_img_s": REFERENCE_IMG_S, "budget": args.budget, "target": args.target,
                   "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -172,6 +174,23 @@ def main() -> None:
           f"normalised s to {100 * args.target:.0f}% |\n|---|---|---|---|---|---|---|---|")
     for k in sorted(rows):
         print(format_row(rows[k]))
+
+
+def seed_line(r: dict, out: Path) -> str:
+    """One seed's numbers beyond the table's: the trainer's img/s after its first step (which holds
+    --compile's compile), and the training error over the last, partial epoch (metrics.jsonl's
+    ``train_error`` rows after the last whole epoch, weighted by their images): how far the net
+    still underfits when the clock stops."""
+    rows = read_metrics(out / "metrics.jsonl")
+    whole = max((x["step"] for x in rows if "test_error" in x and x["epoch"] == round(x["epoch"])), default=0)
+    tail = [x for x in rows if "train_error" in x and x["step"] > whole]
+    seen = sum(x["images"] for x in tail)
+    error = (f"{100 * sum(x['train_error'] * x['images'] for x in tail) / seen:.1f}% over the last partial epoch"
+             if seen else "not measured (the run ended on a whole epoch)")
+    first = r.get("first_step") or 0.0
+    return (f"seed {r['seed']}: {100 * r['accuracy']:.2f}%, {r['epochs']:.2f} epochs in {r['train_time']:.0f} s "
+            f"(first step {first:.1f} s), reference {r['reference_img_s']:.0f} img/s, trainer "
+            f"{r['images'] / (r['train_time'] - first):.0f} img/s after the first step, training error {error}")
 
 
 def format_row(row: dict) -> str:

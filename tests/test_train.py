@@ -559,3 +559,21 @@ def test_every_setting_is_a_flag():
     # Only what was typed reaches the config merge.
     args = vars(build_parser().parse_args(["train", "--lr", "0.3"]))
     assert set(args) - {"func", "command", "debug", "config_file", "no_tensorboard"} == {"lr"}
+
+
+def test_speedrun_prints_each_seeds_trainer_speed_and_last_epoch_training_error(tmp_path, monkeypatch):
+    # docs/benchmarks.md quotes these two per-seed numbers; worked out by hand here: 1,000 images
+    # in the 10 s after a 2 s first step, and the two train rows after the last whole epoch
+    # (step 10): (0.2 x 100 + 0.1 x 300) / 400 = 12.5%. The row at step 5 is before it.
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    speedrun = __import__("speedrun")
+    rows = [{"step": 5, "train_error": 0.9, "images": 100}, {"epoch": 1.0, "step": 10, "test_error": 0.1},
+            {"step": 12, "train_error": 0.2, "images": 100}, {"step": 14, "train_error": 0.1, "images": 300},
+            {"epoch": 1.4, "step": 14, "test_error": 0.08}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = {"seed": 0, "accuracy": 0.92, "epochs": 1.4, "train_time": 12.0, "first_step": 2.0,
+           "reference_img_s": 500.0, "images": 1000}
+    line = speedrun.seed_line(run, tmp_path)
+    assert "trainer 100 img/s" in line and "training error 12.5%" in line, line
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    assert "not measured" in speedrun.seed_line({**run, "epochs": 1.0}, tmp_path)
