@@ -86,7 +86,8 @@ class TrainConfig:
     version: str | None = setting(None, "1: stride on the first 1x1 (paper); 1.5: on the 3x3; 2: pre-activation",
                                   group="model", choices=VERSIONS)
     stem: str | None = setting(None, "cifar: 3x3 conv; whiten: a frozen 3x3 conv that whitens the training "
-                               "set's patches; whiten-pool: that and a 2x2 max-pool; imagenet: 7x7/2 conv + max-pool "
+                               "set's patches; whiten-pool: that and a 2x2 max-pool; whiten16-pool: 16 such filters, "
+                               "the max-pool before the stem's BN and ReLU; imagenet: 7x7/2 conv + max-pool "
                                "(default: the model's own)",
                                group="model", choices=STEMS)
     widths: list[int] = setting([], "channels per stage, e.g. 32 64 128 (default: the model's own)", group="model")
@@ -142,6 +143,8 @@ class TrainConfig:
     muon_lr: float = setting(0.04, "with --optimizer muon: the filters' peak learning rate (a step's size relative "
                              "to the weights)", group="optimisation")
     muon_momentum: float = setting(0.85, "with --optimizer muon: the filters' Nesterov momentum", group="optimisation")
+    muon_ns_steps: int = setting(5, "with --optimizer muon: Newton-Schulz iterations that orthogonalise each step "
+                                 "(torch's default 5; airbench uses 3)", group="optimisation")
     # airbench's batch-norm levers: with the scale fixed, a BN layer is a learned shift, which
     # tolerates (and profits from) a far higher learning rate than the convolutions.
     bn_weight: bool = setting(True, "learn BN scales (--no-bn-weight freezes them at 1)", group="optimisation")
@@ -183,7 +186,7 @@ class TrainConfig:
             value, choices = getattr(self, f.name), f.metadata["choices"]
             if choices and value is not None and value not in choices:
                 raise UserError(f"{flag(f.name)} must be one of {', '.join(choices)}, got {value!r}")
-        for name in ["lr", "batch_size", "eval_batch_size", "log_every", "bn_bias_lr", "muon_lr"]:
+        for name in ["lr", "batch_size", "eval_batch_size", "log_every", "bn_bias_lr", "muon_lr", "muon_ns_steps"]:
             if getattr(self, name) <= 0:
                 raise UserError(f"{flag(name)} must be positive, got {getattr(self, name)}")
         for name in ["epochs", "max_steps", "time_limit", "weight_decay", "momentum", "warmup", "pad",

@@ -34,7 +34,7 @@ class FilterMuon:
     """``torch.optim.Muon`` over the trainable 4-D weights of ``model``; ``optimizer`` is that
     Muon (for the schedule and the checkpoint), ``step()`` hands it the gradients and steps."""
 
-    def __init__(self, model: nn.Module, lr: float, momentum: float) -> None:
+    def __init__(self, model: nn.Module, lr: float, momentum: float, ns_steps: int = 5) -> None:
         if getattr(model, "preact", False):
             raise UserError("--optimizer muon rescales each filter bank, which needs a batch norm after every "
                             "convolution; a pre-activation net (--version 2) adds some straight to the shortcut")
@@ -46,7 +46,8 @@ class FilterMuon:
             if m.data_ptr() != w.data_ptr():  # reshape copied: no 2-D view of this layout
                 raise UserError(f"--optimizer muon cannot view a {tuple(w.shape)} filter bank with strides "
                                 f"{w.stride()} as a matrix")
-        self.optimizer = torch.optim.Muon(self.matrices, lr=lr, momentum=momentum, nesterov=True, weight_decay=0)
+        self.optimizer = torch.optim.Muon(self.matrices, lr=lr, momentum=momentum, nesterov=True, weight_decay=0,
+                                         ns_steps=ns_steps)
 
     @torch.no_grad()
     def step(self) -> None:

@@ -28,7 +28,7 @@ from .blocks import (
 )
 from .registry import register_model
 
-STEMS = ("imagenet", "cifar", "whiten", "whiten-pool")
+STEMS = ("imagenet", "cifar", "whiten", "whiten-pool", "whiten16-pool")
 _BLOCKS = {
     ("basic", False): BasicBlock,
     ("bottleneck", False): Bottleneck,
@@ -46,7 +46,8 @@ class ResNet(nn.Module):
         widths: base channels per stage (a bottleneck's output is 4x that).
         stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool), "cifar" (3x3/1 conv), "whiten" (a
             frozen 3x3/1 conv that whitens the training set's patches; see ``fit_whitening``)
-            or "whiten-pool" (the same, then a 2x2 max-pool).
+            "whiten-pool" (the same, then a 2x2 max-pool) or "whiten16-pool" (16 whitening
+            filters, the 2x2 max-pool, and BN and ReLU after the pool, at half the resolution).
         shortcut: "A", "B", "C" or "none" (see blocks.py).
         version: "1" (paper), "1.5" (torchvision: stride on the 3x3) or "2" (pre-activation).
         groups, width_per_group: ResNeXt cardinality and width (wide ResNets: 128 per group).
@@ -103,7 +104,9 @@ class ResNet(nn.Module):
         self.stem = stem
         stem_width = widths[0]
         if stem.startswith("whiten"):  # whitening filters and their negatives: all 9C, or the widest widths[0] // 2
-            stem_width = 2 * min(9 * in_chans, widths[0] // 2)
+            # whiten16-pool keeps 16 (the 8 strongest directions): oneDNN's CPU kernels work in
+            # blocks of 16 channels, and with 18 the next conv's backward pass took twice as long.
+            stem_width = 2 * min(9 * in_chans, widths[0] // 2, 8 if stem == "whiten16-pool" else 9 * in_chans)
             if stem_width == 0:
                 raise ValueError(f"the whiten stem needs a first width of 2 or more, got {widths[0]}")
         if stem == "imagenet":
@@ -112,9 +115,13 @@ class ResNet(nn.Module):
             self.conv1 = nn.Conv2d(in_chans, stem_width, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.Identity() if preact else norm_layer(stem_width)
         self.relu = nn.Identity() if preact else nn.ReLU(inplace=True)
-        # "whiten-pool" halves the resolution once before the stages, so they run on 4x fewer positions.
-        pools = {"imagenet": nn.MaxPool2d(3, stride=2, padding=1), "whiten-pool": nn.MaxPool2d(2)}
+        # The "-pool" stems halve the resolution once before the stages, so they run on 4x fewer
+        # positions. whiten16-pool pools before its BN and ReLU (airbench's order), which then run
+        # on a quarter of the positions: ReLU commutes with max-pooling, BN's statistics move.
+        pools = {"imagenet": nn.MaxPool2d(3, stride=2, padding=1), "whiten-pool": nn.MaxPool2d(2),
+                 "whiten16-pool": nn.MaxPool2d(2)}
         self.maxpool = pools.get(stem, nn.Identity())
+        self.pool_first = stem == "whiten16-pool"
 
         # Stages: the first keeps the resolution, each later one halves it and doubles widths.
         total = sum(layers)
@@ -175,7 +182,10 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The feature map before pooling: (N, num_features, H/32, W/32) for ImageNet nets."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        if self.pool_first:
+            x = self.relu(self.bn1(self.maxpool(self.conv1(x))))
+        else:
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for stage in self.stages():
             x = stage(x)
         return self.final_relu(self.norm(x))

@@ -139,7 +139,8 @@ class TrainState:
         # ("fast") weights every k steps; the fast weights then restart from them.
         self.slow = [p.detach().clone() for p in model.parameters() if p.requires_grad] if cfg.lookahead else None
         # --optimizer muon: the filter banks step with Muon (muon.py), the rest with SGD as usual.
-        self.muon = FilterMuon(model, cfg.muon_lr, cfg.muon_momentum) if cfg.optimizer == "muon" else None
+        self.muon = (FilterMuon(model, cfg.muon_lr, cfg.muon_momentum, cfg.muon_ns_steps)
+                     if cfg.optimizer == "muon" else None)
         muoned = {id(p) for p in self.muon.filters} if self.muon else set()
         # --bn-bias-lr: the BN shifts in a group of their own (the schedule scales every group alike).
         shifts = {id(m.bias) for m in batch_norms(model) if m.bias is not None} if cfg.bn_bias_lr != 1 else set()
