@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from conftest import REFERENCE, SHARED_REFERENCE
 
 import resnetkit
+from resnetkit.architecture import trace
 from resnetkit.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, ZeroPadShortcut
 
 IMAGENET = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
@@ -398,4 +399,28 @@ def test_whiten_pool_stem_runs_the_stages_at_half_the_resolution():
     macs = [resnetkit.summary(m, (1, 1, 28, 28)).macs for m in (pooled, full)]
     assert 0.24 < macs[0] / macs[1] < 0.3
     assert pooled(x).shape == (64, 10)
+
+
+def test_whiten16_pool_stem_keeps_16_filters_and_pools_before_its_batch_norm():
+    torch.manual_seed(0)
+    x = torch.randn(64, 1, 28, 28)
+    kw = {"num_classes": 10, "in_chans": 1}
+    old = resnetkit.create_model("fashion_resnet8_pool", **kw)
+    new = resnetkit.create_model("fashion_resnet8_pool", stem="whiten16-pool", **kw)
+    old.fit_whitening(x)
+    new.fit_whitening(x)
+    # The 8 strongest of the 9 directions and their negatives; the first block reads 16 channels.
+    assert torch.equal(new.conv1.weight, old.conv1.weight[[*range(8), *range(9, 17)]])
+    assert new.layer1[0].conv1.in_channels == 16 and not new.conv1.weight.requires_grad
+    # Counted by hand from the 18-filter net (1,157,712 parameters, 34,380,832 multiply-adds):
+    # 2 fewer 3x3 stem filters (18 weights), BN channels (4) and 2 x 64 x 9 in the first conv
+    # (1,152); 2 x 9 multiply-adds at 28x28 (14,112) and 2 x 64 x 9 at 14x14 (225,792).
+    s = resnetkit.summary(new, (1, 1, 28, 28))
+    assert (s.total_params, s.macs) == (1_157_712 - 1_174, 34_380_832 - 239_904)
+    # BN after the pool: its statistics are those of the pooled whitened maps (momentum 0.1).
+    new.train()(x)
+    pooled = F.max_pool2d(F.conv2d(x, new.conv1.weight, padding=1), 2)
+    assert torch.allclose(new.bn1.running_mean, 0.1 * pooled.mean((0, 2, 3)), atol=1e-6)
+    assert [layer.kind for layer in trace(new, (1, 28, 28)).stem] == \
+        ["conv", "maxpool", "bn", "relu"]
 

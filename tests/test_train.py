@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import yaml
 from conftest import BF16_PAYS, COMPILE_PAYS, FASHION_MNIST, ROOT, torchvision_ref  # noqa: F401
 from fakedata import write_image_folder, write_mnist
+from torch import nn
 
 import resnetkit
 from resnetkit import rundir
@@ -20,6 +21,7 @@ from resnetkit import train as train_module
 from resnetkit.cli import build_parser
 from resnetkit.config import FIELDS, TrainConfig, make_config, model_kwargs
 from resnetkit.errors import UserError
+from resnetkit.muon import FilterMuon
 from resnetkit.rundir import read_metrics
 from resnetkit.train import TrainState, init_from, lr_factor, train, update_ema
 
@@ -243,6 +245,36 @@ def test_muon_steps_each_filter_bank_along_its_orthogonalised_gradient(tmp_path)
     with pytest.raises(UserError, match="pre-activation"):
         TrainState(small(tmp_path, optimizer="muon", version="2"),
                    resnetkit.create_model("resnet20", in_chans=1, version="2"), 8, 8)
+
+
+def test_muon_ns_steps_is_the_number_of_newton_schulz_iterations(tmp_path):
+    # Muon's quintic Newton-Schulz iteration (Jordan et al. 2024; coefficients 3.4445, -4.7750,
+    # 2.0315), written out here in float64: X <- aX + (bA + cA^2)X with A = XX^T, from G/|G|.
+    def newton_schulz(g: torch.Tensor, steps: int) -> torch.Tensor:
+        x = g.double() / g.double().norm()
+        for _ in range(steps):
+            a = x @ x.T
+            x = 3.4445 * x + (-4.7750 * a + 2.0315 * a @ a) @ x
+        return x
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, bias=False), nn.BatchNorm2d(8))
+    grad = torch.randn(8, 4, 3, 3)
+    updates = {}
+    for steps in (3, 5):
+        w = model[0].weight
+        w.data.copy_(torch.randn(8, 4, 3, 3, generator=torch.Generator().manual_seed(1)))
+        rescaled = w.detach().reshape(8, -1) * 8 ** 0.5 / w.detach().norm()
+        w.grad = grad.clone()
+        FilterMuon(model, lr=1.0, momentum=0.5, ns_steps=steps).step()
+        updates[steps] = rescaled - w.detach().reshape(8, -1)  # lr 1: the orthogonalised step itself
+    g = grad.reshape(8, -1)
+    for steps, other in ((3, 5), (5, 3)):
+        mine = (updates[steps] - newton_schulz(g, steps)).norm()  # torch iterates in bf16
+        assert mine < 0.05 * newton_schulz(g, steps).norm(), steps
+        assert mine < (updates[steps] - newton_schulz(g, other)).norm() / 3, steps
+    with pytest.raises(UserError, match="--muon-ns-steps must be positive"):
+        small(tmp_path, optimizer="muon", muon_ns_steps=0)
 
 
 class FakeClock:
