@@ -1,10 +1,11 @@
-"""Where a ResNet-20 training step spends its time, per operator and per stage.
+"""Where a training step (ResNet-20 unless told) spends its time, per operator and per stage.
 
     .venv/bin/python benchmarks/profile_step.py [--batch-size 256] [--rows 20]
+    .venv/bin/python benchmarks/profile_step.py --model fashion_resnet8_pool   # the speedrun's net
 
 The fixed-batch step of train_throughput.py (`--precision auto`'s choice, channels_last), 10
 steps under torch.profiler after a warm-up. Then the same operators summed per stage, by the spatial size of
-their first input (28x28: stem and stage 1, 14x14: stage 2, 7x7: stage 3), beside the
+their first input (ResNet-20's 28x28: stem and stage 1, 14x14: stage 2, 7x7: stage 3), beside the
 multiply-adds of the layers whose output has that size (from ``resnetkit.summary``).
 """
 
@@ -22,8 +23,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--rows", type=int, default=20)
+    p.add_argument("--model", default="resnet20")
     args = p.parse_args()
-    model = resnetkit.create_model("resnet20", num_classes=10, in_chans=1)
+    model = resnetkit.create_model(args.model, num_classes=10, in_chans=1)
     macs: dict[str, int] = defaultdict(int)
     for row in summary(model, (1, 1, 28, 28)).rows:
         if len(row.output_shape) == 4:

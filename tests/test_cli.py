@@ -49,8 +49,9 @@ def test_bad_model_arguments_are_user_errors():
 
 def test_summary_and_draw_build_the_stem_for_the_input_size_channels(tmp_path):
     # Fashion-MNIST's 1x28x28: 16 3x3 filters of 1 channel in ResNet-20's stem, 18 whitening
-    # filters (9 directions and their negatives) in the fashion nets'.
-    for model, filters in (("resnet20", 16), ("fashion_resnet8", 18), ("fashion_resnet8_pool", 18)):
+    # filters (9 directions and their negatives) in the fashion nets', 16 (8 directions) in pool16's.
+    for model, filters in (("resnet20", 16), ("fashion_resnet8", 18), ("fashion_resnet8_pool", 18),
+                           ("fashion_resnet8_pool16", 16)):
         out = run("summary", model, "--input-size", 1, 28, 28)
         assert out.returncode == 0, out.stderr
         assert out.stdout.splitlines()[2].split()[:4] == ["conv1", "Conv2d", f"1x{filters}x28x28", f"{filters * 9}"]

@@ -19,7 +19,7 @@ IMAGENET = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resne
             "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]
 CIFAR = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202"]
 PLAIN = ["plain18", "plain34", "plain20", "plain32", "plain44", "plain56", "plain110"]
-FASHION = ["fashion_resnet8", "fashion_resnet14", "fashion_resnet8_pool"]
+FASHION = ["fashion_resnet8", "fashion_resnet14", "fashion_resnet8_pool", "fashion_resnet8_pool16"]
 # Checked by counts only: too large for a fast forward/backward on 2 cores.
 HUGE = {"resnet1202", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet101_2"}
 
@@ -406,7 +406,8 @@ def test_whiten16_pool_stem_keeps_16_filters_and_pools_before_its_batch_norm():
     x = torch.randn(64, 1, 28, 28)
     kw = {"num_classes": 10, "in_chans": 1}
     old = resnetkit.create_model("fashion_resnet8_pool", **kw)
-    new = resnetkit.create_model("fashion_resnet8_pool", stem="whiten16-pool", **kw)
+    new = resnetkit.create_model("fashion_resnet8_pool16", **kw)
+    assert repr(new) == repr(resnetkit.create_model("fashion_resnet8_pool", stem="whiten16-pool", **kw))
     old.fit_whitening(x)
     new.fit_whitening(x)
     # The 8 strongest of the 9 directions and their negatives; the first block reads 16 channels.
