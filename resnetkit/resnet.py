@@ -104,9 +104,12 @@ class ResNet(nn.Module):
         self.stem = stem
         stem_width = widths[0]
         if stem.startswith("whiten"):  # whitening filters and their negatives: all 9C, or the widest widths[0] // 2
-            # whiten16-pool keeps 16 (the 8 strongest directions): oneDNN's CPU kernels work in
-            # blocks of 16 channels, and with 18 the next conv's backward pass took twice as long.
-            stem_width = 2 * min(9 * in_chans, widths[0] // 2, 8 if stem == "whiten16-pool" else 9 * in_chans)
+            directions = min(9 * in_chans, widths[0] // 2)
+            # whiten16-pool keeps the 8 strongest: oneDNN's CPU kernels work in blocks of 16
+            # channels, and with 18 the next conv's backward pass took twice as long.
+            if stem == "whiten16-pool":
+                directions = min(directions, 8)
+            stem_width = 2 * directions
             if stem_width == 0:
                 raise ValueError(f"the whiten stem needs a first width of 2 or more, got {widths[0]}")
         if stem == "imagenet":
@@ -336,6 +339,6 @@ def fashion_resnet8_pool(**kwargs) -> ResNet:
 @register_model
 def fashion_resnet8_pool16(**kwargs) -> ResNet:
     """``fashion_resnet8_pool`` with the whiten16-pool stem: 16 whitening filters, the max-pool
-    before the stem's BN and ReLU. The same function on a cheaper step (CPU kernels work in
+    before the stem's BN and ReLU: nearly the same net on a cheaper step (CPU kernels work in
     blocks of 16 channels; BN and ReLU run on a quarter of the positions)."""
     return _cifar(8, kwargs, widths=(64, 128, 256), stem="whiten16-pool")

@@ -422,6 +422,4 @@ def test_whiten16_pool_stem_keeps_16_filters_and_pools_before_its_batch_norm():
     new.train()(x)
     pooled = F.max_pool2d(F.conv2d(x, new.conv1.weight, padding=1), 2)
     assert torch.allclose(new.bn1.running_mean, 0.1 * pooled.mean((0, 2, 3)), atol=1e-6)
-    assert [layer.kind for layer in trace(new, (1, 28, 28)).stem] == \
-        ["conv", "maxpool", "bn", "relu"]
-
+    assert [layer.kind for layer in trace(new, (1, 28, 28)).stem] == ["conv", "maxpool", "bn", "relu"]
