@@ -45,7 +45,7 @@ class ResNet(nn.Module):
         layers: blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50, (3, 3, 3) for ResNet-20.
         widths: base channels per stage (a bottleneck's output is 4x that).
         stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool), "cifar" (3x3/1 conv), "whiten" (a
-            frozen 3x3/1 conv that whitens the training set's patches; see ``fit_whitening``)
+            frozen 3x3/1 conv that whitens the training set's patches; see ``fit_whitening``),
             "whiten-pool" (the same, then a 2x2 max-pool) or "whiten16-pool" (16 whitening
             filters, the 2x2 max-pool, and BN and ReLU after the pool, at half the resolution).
         shortcut: "A", "B", "C" or "none" (see blocks.py).
