@@ -266,6 +266,26 @@ def test_channels_last_matches_contiguous():
                                    rtol=1e-4, atol=1e-4)
 
 
+def test_option_a_shortcut_keeps_channels_last_in_both_passes():
+    """The shortcut subsamples like x[:, :, ::2, ::2] (odd sizes too) and zero-pads, and its
+    output and its input's gradient stay channels_last: a slice's backward would hand the
+    block an NCHW gradient, and every ReLU backward and residual sum after it mixes layouts."""
+    sc = ZeroPadShortcut(16, 32, 2)
+    for size in (7, 14):
+        x = torch.randn(4, 16, size, size).contiguous(memory_format=torch.channels_last).requires_grad_()
+        out = sc(x)
+        half = (size + 1) // 2
+        assert out.shape == (4, 32, half, half)
+        assert torch.equal(out[:, :16], x[:, :, ::2, ::2]) and not out[:, 16:].any()
+        grad = torch.randn(out.shape).contiguous(memory_format=torch.channels_last)
+        (gx,) = torch.autograd.grad(out, x, grad)
+        expected = torch.zeros(x.shape)
+        expected[:, :, ::2, ::2] = grad[:, :16]
+        assert torch.equal(gx, expected)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert gx.is_contiguous(memory_format=torch.channels_last) and not gx.is_contiguous()
+
+
 def test_torch_compile_matches_eager():
     m = resnetkit.create_model("resnet20", version="2").eval()
     x = torch.randn(2, 3, 32, 32)
