@@ -60,7 +60,8 @@ class ZeroPadShortcut(nn.Module):
         if self.stride > 1:
             # The same values as x[:, :, ::s, ::s], but a strided slice's backward scatters into a
             # new NCHW tensor: its gradient then meets channels_last ones, and each ReLU backward
-            # and residual sum after it runs 5-10x slower on mixed layouts. avg_pool2d keeps them.
+            # and residual sum after it runs several times slower on the mixed layouts.
+            # avg_pool2d's backward keeps the input's layout.
             x = F.avg_pool2d(x, 1, self.stride)
         return F.pad(x, (0, 0, 0, 0, 0, self.extra)) if self.extra else x
 
