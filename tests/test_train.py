@@ -417,7 +417,7 @@ def test_speedrun_recipe_is_the_configuration_the_benchmark_measured():
     # with explicit settings; `--recipe speedrun` must train exactly that, bar the clock and seed.
     # The benchmark spelled the net out (ResNet-20's builder, other widths, blocks and stem); the
     # recipe names it, so the two must build the same network.
-    measured = yaml.safe_load((ROOT / "benchmarks/results/speedrun-900-zen4-pool16-eager-muon003-ns3-b512/"
+    measured = yaml.safe_load((ROOT / "benchmarks/results/speedrun-900-zen4-pool16-muon003-b512-clgrad-pad1/"
                                       "row0-seed0/config.yaml").read_text())
     # (precision: "auto" resolves to bf16 on the CPU that measured it, maybe not on this one)
     recipe = dataclasses.asdict(make_config({"recipe": "speedrun"}))
