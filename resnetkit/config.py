@@ -103,6 +103,8 @@ class TrainConfig:
                                    group="data")
     image_size: int = setting(224, "image folders only: training crop / evaluation crop (pixels)", group="data")
     pad: int = setting(2, "random-crop padding in pixels (in-memory datasets)", group="data")
+    pad_from: float = setting(0.0, "translate (--pad) only from this fraction of the schedule on (its steps, "
+                              "or the clock under --time-limit); before it the images come as stored", group="data")
     flip: bool = setting(True, "random horizontal flips", group="data")
     alternate_flip: bool = setting(False, "with --flip: flip each image on every other epoch instead of at "
                                    "random (airbench's alternating flip)", group="data")
@@ -212,6 +214,8 @@ class TrainConfig:
             raise UserError("--tta-shift needs --tta")
         if self.zero_init_residual and not self.bn_weight:
             raise UserError("--zero-init-residual needs --bn-weight: a BN scale frozen at zero silences its branch")
+        if not 0 <= self.pad_from < 1:
+            raise UserError(f"--pad-from must be a fraction in [0, 1), got {self.pad_from}")
         if not 0 <= self.erase <= 1:
             raise UserError(f"--erase must be a probability in [0, 1], got {self.erase}")
         check_model(self.model, self.model_kwargs())

@@ -440,6 +440,7 @@ class TensorLoader:
         self.batch_size, self.train = batch_size, train
         self.mean, self.std, self.pad, self.flip, self.erase = mean, std, pad, flip, erase
         self.alternate_flip = alternate_flip
+        self.translate = True  # the trainer holds it off for --pad-from; read batch by batch
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.drop_last = train if drop_last is None else drop_last
         self.device = torch.device(device)
@@ -474,7 +475,7 @@ class TensorLoader:
         for b in range(start_batch, len(self)):
             batch = slice(b * self.batch_size, (b + 1) * self.batch_size)
             sel = idx[batch]
-            if self.train and self.padded is not None:
+            if self.train and self.padded is not None and self.translate:
                 x = self._crop(sel, shifts[batch])
             else:
                 x = self.images[sel.to(self.device)]

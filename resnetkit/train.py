@@ -180,6 +180,10 @@ class TrainState:
         t = min(1.0, self.schedule_step(self.step) / (0.75 * self.horizon))
         return min(full, self.cfg.progressive + 4 * int(t * (full - self.cfg.progressive) / 4))
 
+    def translating(self) -> bool:
+        """--pad-from: whether the next training batch is translated yet."""
+        return self.schedule_step(self.step) >= self.cfg.pad_from * self.horizon
+
     def optimizer_step(self) -> None:
         self.optimizer.step()
         if self.muon is not None:
@@ -285,6 +289,7 @@ def run_epoch(state: TrainState, loader, epoch: int, run: RunDir, forward: nn.Mo
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen, t_log, spent = 0, clock(), 0.0  # spent: training seconds since the last log row
+    loader.translate = state.translating()
     for x, y in loader.epoch(epoch, start_batch):
         size = state.image_size(x.shape[-1])
         if size < x.shape[-1]:  # --progressive: smaller images early on, at a fraction of the cost
@@ -306,6 +311,7 @@ def run_epoch(state: TrainState, loader, epoch: int, run: RunDir, forward: nn.Mo
         if record:
             run.log({"step": state.step, **stats.after_step()}, "layers.jsonl")
         state.after_step(t_log)
+        loader.translate = state.translating()  # the loader draws the next batch lazily, after this
         loss_sum += loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)

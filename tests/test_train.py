@@ -545,6 +545,31 @@ def test_progressive_resizing_grows_the_images_the_model_sees_to_full_size(tmp_p
     assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
+def test_pad_from_starts_translating_the_training_images_at_that_fraction_of_the_schedule(tmp_path, monkeypatch):
+    from resnetkit.data import load_arrays, normalize
+
+    seen = []  # every training batch the model is given
+
+    def create(*args, **kwargs):
+        m = resnetkit.create_model(*args, **kwargs)
+        m.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].detach().clone()) if mod.training else None)
+        return m
+
+    monkeypatch.setattr(train_module, "create_model", create)
+    cfg = small(tmp_path, pad=2, pad_from=0.5, epochs=4)  # 8 steps per epoch, 32 steps
+    train(cfg, tensorboard=False, verbose=False)
+    assert len(seen) == 32
+    m = resnetkit.load(tmp_path / "run" / "model.safetensors")
+    images = normalize(load_arrays("mnist", cfg.data_dir, train=True).images, m.metadata["mean"], m.metadata["std"])
+    stored = {img.numpy().tobytes() for img in images} | {img.flip(2).numpy().tobytes() for img in images}
+    as_stored = [sum(x.numpy().tobytes() in stored for x in batch) / len(batch) for batch in seen]
+    # The first 16 of 32 steps see every image as stored; from step 16 on they are translated by
+    # up to 2 pixels, and 1 crop in 25 is the centred one (a few near-blank digits look alike shifted).
+    assert as_stored[:16] == [1.0] * 16 and max(as_stored[16:]) < 0.5
+    with pytest.raises(UserError, match=r"--pad-from must be a fraction in \[0, 1\), got 1"):
+        small(tmp_path, pad_from=1)
+
+
 def test_shifted_tta_averages_ten_views_and_eval_repeats_it(tmp_path):
     from resnetkit.data import load_arrays, normalize
     from resnetkit.evaluate import evaluate_loaded
