@@ -44,7 +44,8 @@ RECIPES: dict[str, dict] = {
     # net that learned the most in that time, its filters trained with Muon (3 Newton-Schulz
     # steps, as airbench); batch 512 halves the per-step costs. Muon's lr 0.03 is the batch-256
     # best for 15 minutes (0.02) scaled as at 5 minutes (0.04 to 0.06); shorter runs want more.
-    # Random translation of up to 1 pixel, not 2: +0.35 points at 5 minutes, +0.31 at 15.
+    # Random translation of up to 1 pixel, not 2: +0.35 points at 5 minutes, +0.31 at 15. None at
+    # all is better again at 5 minutes (+0.19, --pad 0) but overfits at 15 (-0.39).
     # Compiled where that pays for the compile time billed to the clock (``make_config``).
     "speedrun": {
         "model": "fashion_resnet8_pool16", "epochs": 60, "time_limit": 900, "batch_size": 512, "lr": 0.4,
