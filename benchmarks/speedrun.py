@@ -27,6 +27,8 @@ import multiprocessing
 import os
 import statistics
 import tempfile
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -100,12 +102,22 @@ def train_cold(cfg) -> dict:
     warm cache, would reuse the kernels)."""
     with tempfile.TemporaryDirectory() as cache, ProcessPoolExecutor(
             1, mp_context=multiprocessing.get_context("spawn"),
-            initializer=set_inductor_cache, initargs=(cache,)) as pool:
+            initializer=start_worker, initargs=(cache, os.getpid())) as pool:
         return pool.submit(train, cfg, tensorboard=False, verbose=False).result()
 
 
-def set_inductor_cache(path: str) -> None:
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
+def start_worker(cache: str, parent: int) -> None:
+    """The training process's set-up: its own inductor cache, and an exit as soon as ``parent``
+    (this script) is gone. A stopped script would otherwise leave its seed training on, unseen,
+    and every later run on the machine would share the cores with it (and time a slow reference)."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+
+    def watch() -> None:
+        while os.getppid() == parent:  # a process whose parent dies is handed to another
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def images_at_full_size(out: Path, full: int = 28) -> float:

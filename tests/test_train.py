@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -616,6 +618,41 @@ def test_every_setting_is_a_flag():
     # Only what was typed reaches the config merge.
     args = vars(build_parser().parse_args(["train", "--lr", "0.3"]))
     assert set(args) - {"func", "command", "debug", "config_file", "no_tensorboard"} == {"lr"}
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, exited but not yet reaped, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_speedrun_training_process_exits_when_the_script_is_stopped(tmp_path):
+    # benchmarks/speedrun.py trains each seed in a worker process. Stopped, the script once left
+    # that worker training beside the next run (docs/benchmarks.md, seventh session); the worker
+    # must now exit on its own once the script is gone, even when killed with no chance to clean up.
+    script = tmp_path / "speedrun_parent.py"
+    script.write_text(
+        "import multiprocessing, os, sys, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\n"
+        "from speedrun import start_worker\n"
+        "if __name__ == '__main__':\n"
+        "    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'), initializer=start_worker,\n"
+        f"                             initargs=({str(tmp_path)!r}, os.getpid())) as pool:\n"
+        "        print(pool.submit(os.getpid).result(), flush=True)\n"
+        "        pool.submit(time.sleep, 300).result()\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    assert running(worker)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while running(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not running(worker), "the training worker outlived the stopped script"
 
 
 def test_speedrun_prints_each_seeds_trainer_speed_and_last_epoch_training_error(tmp_path, monkeypatch):
