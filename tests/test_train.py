@@ -633,17 +633,18 @@ def test_speedrun_training_process_exits_when_the_script_is_stopped(tmp_path):
     # benchmarks/speedrun.py trains each seed in a worker process. Stopped, the script once left
     # that worker training beside the next run (docs/benchmarks.md, seventh session); the worker
     # must now exit on its own once the script is gone, even when killed with no chance to clean up.
+    # train_cold as the script runs it, the seed's training swapped for a long sleep.
     script = tmp_path / "speedrun_parent.py"
     script.write_text(
-        "import multiprocessing, os, sys, time\n"
-        "from concurrent.futures import ProcessPoolExecutor\n"
+        "import os, sys, time\n"
         f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\n"
-        "from speedrun import start_worker\n"
+        "import speedrun\n"
+        "def train(cfg, **kwargs):\n"
+        "    print(os.getpid(), flush=True)\n"
+        "    time.sleep(300)\n"
         "if __name__ == '__main__':\n"
-        "    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'), initializer=start_worker,\n"
-        f"                             initargs=({str(tmp_path)!r}, os.getpid())) as pool:\n"
-        "        print(pool.submit(os.getpid).result(), flush=True)\n"
-        "        pool.submit(time.sleep, 300).result()\n")
+        "    speedrun.train = train\n"
+        "    speedrun.train_cold(None)\n")
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     worker = int(parent.stdout.readline())
     assert running(worker)
