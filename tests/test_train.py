@@ -645,15 +645,18 @@ def test_speedrun_training_process_exits_when_the_script_is_stopped(tmp_path):
         "if __name__ == '__main__':\n"
         "    speedrun.train = train\n"
         "    speedrun.train_cold(None)\n")
-    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    worker = int(parent.stdout.readline())
-    assert running(worker)
-    parent.kill()
-    parent.wait()
+    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True) as parent:
+        worker = int(parent.stdout.readline())
+        assert running(worker)
+        parent.kill()
     deadline = time.monotonic() + 30
     while running(worker) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not running(worker), "the training worker outlived the stopped script"
+    try:
+        assert not running(worker), "the training worker outlived the stopped script"
+    finally:  # a failure must not leave the worker behind on the test machine
+        if running(worker):
+            os.kill(worker, 9)
 
 
 def test_speedrun_prints_each_seeds_trainer_speed_and_last_epoch_training_error(tmp_path, monkeypatch):
