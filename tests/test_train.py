@@ -20,7 +20,7 @@ from torch import nn
 import resnetkit
 from resnetkit import rundir
 from resnetkit import train as train_module
-from resnetkit.cli import build_parser
+from resnetkit.cli import build_parser, main
 from resnetkit.config import FIELDS, TrainConfig, make_config, model_kwargs
 from resnetkit.errors import UserError
 from resnetkit.muon import FilterMuon
@@ -414,27 +414,46 @@ def test_init_from_torchvision_state_dict(tmp_path, torchvision_ref):  # noqa: F
         init_from(resnetkit.create_model("resnet20"), str(path))
 
 
+def measured_differences(cfg: TrainConfig, results: str) -> set[str]:
+    """The settings in which ``cfg`` differs from the run saved in benchmarks/results/``results``
+    (its seed 0), after checking that the two build the same network: the benchmark spelled the
+    net out (a builder with other widths, blocks and stem), the recipe names it. Settings added
+    since that run were not in its file: it had their defaults' behaviour."""
+    measured = yaml.safe_load((ROOT / "benchmarks/results" / results / "row0-seed0/config.yaml").read_text())
+    ours, defaults = dataclasses.asdict(cfg), dataclasses.asdict(TrainConfig())
+    nets = [resnetkit.create_model(c["model"], num_classes=10, in_chans=1, **model_kwargs(c)) for c in (ours, measured)]
+    assert repr(nets[0]) == repr(nets[1])
+    # (precision: "auto" resolves to bf16 on the CPU that measured it, maybe not on this one;
+    # those runs were eager, the recipe compiles only on CPUs where that pays, unless told)
+    assert measured["precision"] == "bf16" and measured["compile"] is False
+    assert cfg.precision == FAST_PRECISION and cfg.compile == COMPILE_PAYS
+    spelling = {"recipe", "out", "precision", "compile", "model", "stem", "widths", "blocks"}
+    return {k for k in ours if ours[k] != measured.get(k, defaults[k])} - spelling
+
+
 def test_speedrun_recipe_is_the_configuration_the_benchmark_measured():
     # The 15-minute runs published in docs/benchmarks.md were trained by benchmarks/speedrun.py
-    # with explicit settings; `--recipe speedrun` must train exactly that, bar the clock and seed.
-    # The benchmark spelled the net out (ResNet-20's builder, other widths, blocks and stem); the
-    # recipe names it, so the two must build the same network.
-    measured = yaml.safe_load((ROOT / "benchmarks/results/speedrun-900-zen4-pool16-muon003-b512-clgrad-pad1/"
-                                      "row0-seed0/config.yaml").read_text())
-    # (precision: "auto" resolves to bf16 on the CPU that measured it, maybe not on this one)
-    recipe = dataclasses.asdict(make_config({"recipe": "speedrun"}))
-    # Settings added since then were not in that file: the run had their defaults' behaviour.
-    defaults = dataclasses.asdict(TrainConfig())
-    differ = {k for k in recipe if recipe[k] != measured.get(k, defaults[k])}
-    assert differ <= {"recipe", "time_limit", "out", "precision", "compile", "model", "stem", "widths", "blocks"}
-    assert {"recipe", "time_limit", "out", "model"} <= differ
-    assert recipe["time_limit"] == 900 and recipe["precision"] == FAST_PRECISION and measured["precision"] == "bf16"
-    # (that run was eager; the recipe compiles only on CPUs where that pays, unless told)
-    assert recipe["compile"] == COMPILE_PAYS and measured["compile"] is False
+    # with explicit settings; `--recipe speedrun` must train exactly the best of them (batch 256,
+    # 6 seeds), bar the clock and seed, and build the same net.
+    recipe = make_config({"recipe": "speedrun"})
+    assert measured_differences(recipe, "speedrun-900-zen4-pool16-muon002-b256-clgrad-pad1") == {"time_limit"}
+    assert recipe.time_limit == 900 and recipe.model == "fashion_resnet8_pool16"
     assert all(make_config({"recipe": "speedrun", "compile": c}).compile is c for c in (True, False))
-    nets = [resnetkit.create_model(c["model"], num_classes=10, in_chans=1, **model_kwargs(c))
-            for c in (recipe, measured)]
-    assert repr(nets[0]) == repr(nets[1]) and recipe["model"] == "fashion_resnet8_pool16"
+
+
+def test_make_demo_trains_the_recipe_its_published_runs_measured(monkeypatch):
+    # The demo's published runs (README, docs/benchmarks.md) trained the recipe as it was at batch
+    # 512 on a 450 s clock with Muon lr 0.045; the recipe has moved to batch 256 since (its 15
+    # minutes, not the demo's 7.5, were measured), so the Makefile spells the old batch out. The
+    # command, through the real CLI, must still train that batch-512 run bar its clock and lr.
+    line = next(ln for ln in (ROOT / "Makefile").read_text().splitlines() if "resnetkit train" in ln)
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda cfg, **_: seen.append(cfg) or
+                        {"test_accuracy": 0.0, "test_top5": None, "train_time_sec": 0.0})
+    assert main(line.split("resnetkit ", 1)[1].split()) == 0
+    demo = seen[0]
+    assert measured_differences(demo, "speedrun-900-zen4-pool16-muon003-b512-clgrad-pad1") == {"time_limit", "muon_lr"}
+    assert (demo.time_limit, demo.muon_lr, demo.batch_size, demo.lr) == (450, 0.045, 512, 0.4)
 
 
 def test_config_file_and_flag_precedence(tmp_path):
