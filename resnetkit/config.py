@@ -44,7 +44,7 @@ RECIPES: dict[str, dict] = {
     # net that learned the most in that time, its filters trained with Muon (3 Newton-Schulz
     # steps, as airbench) at lr 0.02; shorter runs want more. Batch 256: at 15 minutes its twice
     # as many steps did a little better than batch 512's 1.1x the images a second (94.95 ± 0.11%
-    # over 6 seeds against 94.89 ± 0.10 over 3); at 5 minutes only batch 512 (lr 0.4, Muon lr
+    # over 6 seeds against 94.88 ± 0.08 over 5); at 5 minutes only batch 512 (lr 0.4, Muon lr
     # 0.06) was measured, and `make demo` passes it.
     # Random translation of up to 1 pixel, not 2: +0.35 points at 5 minutes, +0.31 at 15. None at
     # all is better again at 5 minutes (+0.19, --pad 0) but overfits at 15 (-0.39).
