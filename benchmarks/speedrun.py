@@ -176,6 +176,8 @@ def main() -> None:
         rows[i] = summarise(i, label, overrides, runs, args.target)
         for seed, r in enumerate(runs):
             print(seed_line(r, args.out / f"row{i}-seed{seed}"))
+        if len(runs) >= 3:
+            print(seconds_fit(runs))
         print(format_row(rows[i]), flush=True)
         result = {"reference_basis_img_s": REFERENCE_IMG_S, "budget": args.budget, "target": args.target,
                   "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -203,6 +205,16 @@ def seed_line(r: dict, out: Path) -> str:
     return (f"seed {r['seed']}: {100 * r['accuracy']:.2f}%, {r['epochs']:.2f} epochs in {r['train_time']:.0f} s "
             f"(first step {first:.1f} s), reference {r['reference_img_s']:.0f} img/s, trainer "
             f"{r['images'] / (r['train_time'] - first):.0f} img/s after the first step, training error {error}")
+
+
+def seconds_fit(runs: list[dict]) -> str:
+    """How much of the seeds' spread their budgets explain: each seed trains as long as the
+    reference loop timed just before it allows, so its accuracy is fitted (least squares) against
+    its seconds of training."""
+    t, acc = [r["train_time"] for r in runs], [100 * r["accuracy"] for r in runs]
+    fit = statistics.linear_regression(t, acc)
+    return (f"accuracy against seconds of training, {len(runs)} seeds: correlation {statistics.correlation(t, acc):.2f}, "
+            f"{100 * fit.slope:.2f} points per 100 s (accuracy % = {fit.intercept:.3f} + {fit.slope:.5f} x seconds)")
 
 
 def format_row(row: dict) -> str:

@@ -694,3 +694,7 @@ def test_speedrun_prints_each_seeds_trainer_speed_and_last_epoch_training_error(
     assert "trainer 100 img/s" in line and "training error 12.5%" in line, line
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
     assert "not measured" in speedrun.seed_line({**run, "epochs": 1.0}, tmp_path)
+    # The fit of accuracy against seconds (docs/benchmarks.md quotes it), by hand: 90, 92 and 91%
+    # after 100, 200 and 300 s: slope 0.5 points per 100 s, intercept 90, correlation 0.5.
+    fit = speedrun.seconds_fit([{"train_time": t, "accuracy": a} for t, a in ((100, 0.90), (200, 0.92), (300, 0.91))])
+    assert "correlation 0.50, 0.50 points per 100 s (accuracy % = 90.000 + 0.00500 x seconds)" in fit, fit
