@@ -212,8 +212,8 @@ def seconds_fit(runs: list[dict]) -> str:
     reference loop timed just before it allows, so its accuracy is fitted (least squares) against
     its seconds of training."""
     t, acc = [r["train_time"] for r in runs], [100 * r["accuracy"] for r in runs]
-    fit = statistics.linear_regression(t, acc)
-    return (f"accuracy against seconds of training, {len(runs)} seeds: correlation {statistics.correlation(t, acc):.2f}, "
+    fit, r = statistics.linear_regression(t, acc), statistics.correlation(t, acc)
+    return (f"accuracy against seconds of training, {len(runs)} seeds: correlation {r:.2f}, "
             f"{100 * fit.slope:.2f} points per 100 s (accuracy % = {fit.intercept:.3f} + {fit.slope:.5f} x seconds)")
 
 
