@@ -158,6 +158,8 @@ def main() -> None:
     p.add_argument("--reference-steps", type=int, default=80, help="steps of the reference loop before each run")
     p.add_argument("--resume", action="store_true", help="keep finished runs of the same settings and budget")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/speedrun"))
+    p.add_argument("--against", type=Path, metavar="RESULTS", help="a results folder of 3+ seeds: each seed's "
+                   "accuracy against that row's line through seconds of training and accuracy")
     args = p.parse_args()
     base = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
 
@@ -178,6 +180,8 @@ def main() -> None:
             print(seed_line(r, args.out / f"row{i}-seed{seed}"))
         if len(runs) >= 3:
             print(seconds_fit(runs))
+        if args.against:
+            print(against_line(runs, args.against))
         print(format_row(rows[i]), flush=True)
         result = {"reference_basis_img_s": REFERENCE_IMG_S, "budget": args.budget, "target": args.target,
                   "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -215,6 +219,17 @@ def seconds_fit(runs: list[dict]) -> str:
     fit, r = statistics.linear_regression(t, acc), statistics.correlation(t, acc)
     return (f"accuracy against seconds of training, {len(runs)} seeds: correlation {r:.2f}, "
             f"{100 * fit.slope:.2f} points per 100 s (accuracy % = {fit.intercept:.3f} + {fit.slope:.5f} x seconds)")
+
+
+def against_line(runs: list[dict], results: Path) -> str:
+    """Each seed's accuracy minus what the first row of ``results`` (a baseline of 3+ seeds)
+    predicts for its seconds of training: a seed's budget moves its accuracy by as much as many a
+    lever does, so a few seeds of a lever are read against the baseline's line, not its mean."""
+    base = json.loads((results / "speedrun.json").read_text())["rows"][0]["runs"]
+    fit = statistics.linear_regression([r["train_time"] for r in base], [100 * r["accuracy"] for r in base])
+    off = [100 * r["accuracy"] - fit.intercept - fit.slope * r["train_time"] for r in runs]
+    return (f"against the line of {results.name} ({len(base)} seeds): "
+            f"{', '.join(f'{x:+.2f}' for x in off)} points; mean {statistics.fmean(off):+.2f}")
 
 
 def format_row(row: dict) -> str:

@@ -696,5 +696,11 @@ def test_speedrun_prints_each_seeds_trainer_speed_and_last_epoch_training_error(
     assert "not measured" in speedrun.seed_line({**run, "epochs": 1.0}, tmp_path)
     # The fit of accuracy against seconds (docs/benchmarks.md quotes it), by hand: 90, 92 and 91%
     # after 100, 200 and 300 s: slope 0.5 points per 100 s, intercept 90, correlation 0.5.
-    fit = speedrun.seconds_fit([{"train_time": t, "accuracy": a} for t, a in ((100, 0.90), (200, 0.92), (300, 0.91))])
+    base = [{"train_time": t, "accuracy": a} for t, a in ((100, 0.90), (200, 0.92), (300, 0.91))]
+    fit = speedrun.seconds_fit(base)
     assert "correlation 0.50, 0.50 points per 100 s (accuracy % = 90.000 + 0.00500 x seconds)" in fit, fit
+    # --against: that line is 91.25% at 250 s and 90.5% at 100 s, so 91.75% is 0.5 above it and 90.2% 0.3 below.
+    (tmp_path / "speedrun.json").write_text(json.dumps({"rows": [{"row": 0, "runs": base}]}))
+    line = speedrun.against_line([{"train_time": 250, "accuracy": 0.9175}, {"train_time": 100, "accuracy": 0.902}],
+                                 tmp_path)
+    assert line.endswith("(3 seeds): +0.50, -0.30 points; mean +0.10"), line
