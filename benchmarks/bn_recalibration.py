@@ -42,12 +42,13 @@ def recalibrated(model: torch.nn.Module, images: torch.Tensor, mirror: bool) -> 
 def main(paths: list[str]) -> None:
     print("| model | as saved % | recalibrated % | mirrored half % | pass s |\n|---|---|---|---|---|")
     gains = []
+    train = load_arrays("fashion-mnist", None, train=True).images
     for path in paths:
         model = resnetkit.load(path).eval().to(memory_format=torch.channels_last)
         mean, std = model.metadata["mean"], model.metadata["std"]
         test, _ = build_eval_loader("fashion-mnist", None, mean=mean, std=std, device=torch.device("cpu"),
                                     batch_size=1000)
-        images = normalize(load_arrays("fashion-mnist", None, train=True).images, mean, std)
+        images = normalize(train, mean, std)
         plain, seconds = recalibrated(model, images, False)
         row = [evaluate_model(m, test, 10, precision="bf16", tta=True, tta_shift=1,
                               memory_format=torch.channels_last).accuracy * 100

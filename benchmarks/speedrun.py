@@ -211,11 +211,15 @@ def seed_line(r: dict, out: Path) -> str:
             f"{r['images'] / (r['train_time'] - first):.0f} img/s after the first step, training error {error}")
 
 
+def seconds_and_accuracy(runs: list[dict]) -> tuple[list[float], list[float]]:
+    return [r["train_time"] for r in runs], [100 * r["accuracy"] for r in runs]
+
+
 def seconds_fit(runs: list[dict]) -> str:
     """How much of the seeds' spread their budgets explain: each seed trains as long as the
     reference loop timed just before it allows, so its accuracy is fitted (least squares) against
     its seconds of training."""
-    t, acc = [r["train_time"] for r in runs], [100 * r["accuracy"] for r in runs]
+    t, acc = seconds_and_accuracy(runs)
     fit, r = statistics.linear_regression(t, acc), statistics.correlation(t, acc)
     return (f"accuracy against seconds of training, {len(runs)} seeds: correlation {r:.2f}, "
             f"{100 * fit.slope:.2f} points per 100 s (accuracy % = {fit.intercept:.3f} + {fit.slope:.5f} x seconds)")
@@ -226,8 +230,8 @@ def against_line(runs: list[dict], results: Path) -> str:
     predicts for its seconds of training: a seed's budget moves its accuracy by as much as many a
     lever does, so a few seeds of a lever are read against the baseline's line, not its mean."""
     base = json.loads((results / "speedrun.json").read_text())["rows"][0]["runs"]
-    fit = statistics.linear_regression([r["train_time"] for r in base], [100 * r["accuracy"] for r in base])
-    off = [100 * r["accuracy"] - fit.intercept - fit.slope * r["train_time"] for r in runs]
+    fit = statistics.linear_regression(*seconds_and_accuracy(base))
+    off = [acc - fit.intercept - fit.slope * t for t, acc in zip(*seconds_and_accuracy(runs))]
     return (f"against the line of {results.name} ({len(base)} seeds): "
             f"{', '.join(f'{x:+.2f}' for x in off)} points; mean {statistics.fmean(off):+.2f}")
 
