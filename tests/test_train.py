@@ -20,9 +20,12 @@ from torch import nn
 import resnetkit
 from resnetkit import rundir
 from resnetkit import train as train_module
+from resnetkit.checkpoint import save_weights
 from resnetkit.cli import build_parser, main
 from resnetkit.config import FIELDS, TrainConfig, make_config, model_kwargs
+from resnetkit.data import build_eval_loader
 from resnetkit.errors import UserError
+from resnetkit.evaluate import evaluate_model
 from resnetkit.muon import FilterMuon
 from resnetkit.rundir import read_metrics
 from resnetkit.train import TrainState, init_from, lr_factor, train, update_ema
@@ -704,3 +707,41 @@ def test_speedrun_prints_each_seeds_trainer_speed_and_last_epoch_training_error(
     line = speedrun.against_line([{"train_time": 250, "accuracy": 0.9175}, {"train_time": 100, "accuracy": 0.902}],
                                  tmp_path)
     assert line.endswith("(3 seeds): +0.50, -0.30 points; mean +0.10"), line
+
+
+@pytest.mark.skipif(not FASHION_MNIST.exists(), reason="dataset-fashion-mnist not installed")
+def test_ensemble_averages_members_evaluated_as_their_runs_were(tmp_path):
+    # benchmarks/ensemble.py: each member must evaluate to the accuracy its run recorded (here the
+    # trainer's own evaluation, a different code path), and an ensemble averages the members'
+    # logits: a net with its classifier negated cancels the net exactly, every image then lands
+    # on class 0, and the test split holds 1,000 images of each class: 10.00%. The negated net
+    # picks the class the net ranks last, so the two disagree on every image, and can never both
+    # be right: both are wrong on 100% less what each gets right.
+    torch.manual_seed(0)
+    net = resnetkit.create_model("fashion_resnet8_pool16", in_chans=1, widths=[16, 16, 16]).eval()
+    mirror = copy.deepcopy(net)
+    with torch.no_grad():
+        mirror.fc.weight.neg_()
+        mirror.fc.bias.neg_()
+    mean, std = [0.286], [0.353]
+    test, _ = build_eval_loader("fashion-mnist", None, mean=mean, std=std, device=torch.device("cpu"),
+                                batch_size=1000)
+    runs = []
+    for name, model in (("a", net), ("b", mirror)):
+        run = tmp_path / name
+        run.mkdir()
+        save_weights(run / "model.safetensors", model, {"mean": mean, "std": std})
+        acc = evaluate_model(model, test, 10, precision="bf16", tta=True, tta_shift=1,
+                             memory_format=torch.channels_last).accuracy
+        (run / "speedrun-run.json").write_text(json.dumps({"accuracy": acc, "normalised_time": 150.0}))
+        runs.append((run, acc))
+    script = [sys.executable, str(ROOT / "benchmarks/ensemble.py")]
+    out = subprocess.run(script + [runs[0][0], runs[1][0]], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    a, b = (acc * 100 for _, acc in runs)
+    row = f"| a, b | {a:.2f}, {b:.2f} | 150, 150 | 100.00 | {100 - a - b:.2f} | 10.00 | 300 |"
+    assert row in out.stdout, out.stdout
+    # A member whose weights are not the ones its run measured is refused.
+    (runs[1][0] / "speedrun-run.json").write_text(json.dumps({"accuracy": runs[1][1] + 0.01, "normalised_time": 1}))
+    out = subprocess.run(script + ["--members", "1", runs[1][0]], capture_output=True, text=True)
+    assert out.returncode == 2 and "its run measured" in out.stderr, out.stderr
