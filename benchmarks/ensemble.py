@@ -27,7 +27,7 @@ from resnetkit.errors import UserError
 from resnetkit.inference import module_logits, shifted_logits
 
 
-def test_logits(model: torch.nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
+def tta_logits(model: torch.nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
     """TTA logits of the whole test split, as the speedrun's final evaluation computes them."""
     model.eval().to(memory_format=torch.channels_last)
     logits, labels = [], []
@@ -60,7 +60,7 @@ def main() -> None:
             if loader is None:
                 loader, _ = build_eval_loader("fashion-mnist", None, mean=model.metadata["mean"],
                                               std=model.metadata["std"], device=torch.device("cpu"), batch_size=1000)
-            logits, labels = test_logits(model, loader)
+            logits, labels = tta_logits(model, loader)
             preds.append(logits.argmax(1))
             accs.append((preds[-1] == labels).double().mean().item() * 100)
             record = json.loads((run / "speedrun-run.json").read_text())
@@ -69,13 +69,13 @@ def main() -> None:
             seconds.append(record["normalised_time"])
             summed = logits if summed is None else summed + logits
         ensemble = (summed.argmax(1) == labels).double().mean().item() * 100
-        split = (torch.stack(preds) != preds[0]).any(0).double().mean().item() * 100
+        disagree = (torch.stack(preds) != preds[0]).any(0).double().mean().item() * 100
         all_wrong = (torch.stack(preds) != labels).all(0).double().mean().item() * 100
         members += accs
         ensembles.append(ensemble)
         names = ", ".join(r.name for r in args.runs[g:g + args.members])
         print(f"| {names} | {', '.join(f'{a:.2f}' for a in accs)} | {', '.join(f'{s:.0f}' for s in seconds)} "
-              f"| {split:.2f} | {all_wrong:.2f} | {ensemble:.2f} | {sum(seconds):.0f} |", flush=True)
+              f"| {disagree:.2f} | {all_wrong:.2f} | {ensemble:.2f} | {sum(seconds):.0f} |", flush=True)
     spread = f" ± {statistics.stdev(ensembles):.2f}" if len(ensembles) > 1 else ""
     print(f"\nmembers {statistics.mean(members):.2f}% (mean of {len(members)}), ensembles of {args.members} "
           f"{statistics.mean(ensembles):.2f}{spread}% (mean of {len(ensembles)})")
