@@ -106,6 +106,9 @@ def _describe(module: nn.Module) -> tuple[str, str]:
         size = module.output_size
         glob = size in (1, (1, 1))
         return "avgpool", "global avg pool" if glob else f"adaptive avg pool {size}"
+    if isinstance(module, nn.AdaptiveMaxPool2d):
+        size = module.output_size
+        return "maxpool", "global max pool" if size in (1, (1, 1)) else f"adaptive max pool {size}"
     if isinstance(module, nn.Linear):
         return "fc", f"fc {module.out_features}"
     if isinstance(module, DropPath):

@@ -27,7 +27,7 @@ from .blocks import SHORTCUTS, VERSIONS
 from .data import DATASETS, NORMALIZATIONS
 from .errors import UserError
 from .registry import create_model, list_models
-from .resnet import STEMS
+from .resnet import GLOBAL_POOLS, STEMS
 from .runtime import bf16_pays, compile_pays
 
 # Recipes: overrides of the defaults. Units are in the comments.
@@ -100,6 +100,8 @@ class TrainConfig:
     blocks: list[int] = setting([], "blocks per stage, e.g. 1 1 1 (default: the model's own)", group="model")
     zero_init_residual: bool = setting(False, "start each residual branch's last BN at zero", group="model")
     drop_path_rate: float = setting(0.0, "stochastic depth rate of the last block", group="model")
+    global_pool: str | None = setting(None, "pooling before the classifier: avg (the paper's) or max "
+                                      "(default: the model's own)", group="model", choices=GLOBAL_POOLS)
 
     data: str = setting("fashion-mnist", "dataset", group="data", choices=DATASETS)
     data_dir: str | None = setting(None, "dataset folder or archive (default for fashion-mnist: Debian's)",

@@ -29,6 +29,7 @@ from .blocks import (
 from .registry import register_model
 
 STEMS = ("imagenet", "cifar", "whiten", "whiten-pool", "whiten16-pool")
+GLOBAL_POOLS = ("avg", "max")
 _BLOCKS = {
     ("basic", False): BasicBlock,
     ("bottleneck", False): Bottleneck,
@@ -54,6 +55,8 @@ class ResNet(nn.Module):
         zero_init_residual: start the last BN of every branch at zero, so each block starts
             as the identity (Goyal et al. 2017, "improves the model by 0.2~0.3%" per torchvision).
         drop_path_rate: stochastic depth, rising linearly to this rate in the last block.
+        global_pool: "avg" (the paper's global average pooling before the classifier) or "max"
+            (each channel's strongest response, as airbench's CIFAR-10 net).
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class ResNet(nn.Module):
         width_per_group: int = 64,
         zero_init_residual: bool = False,
         drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
         norm_layer: NormLayer | None = None,
     ) -> None:
         super().__init__()
@@ -80,6 +84,8 @@ class ResNet(nn.Module):
             raise ValueError(f"version must be one of {', '.join(VERSIONS)}, got {version!r}")
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
+        if global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool must be one of {', '.join(GLOBAL_POOLS)}, got {global_pool!r}")
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
         if len(widths) != len(layers) or not layers:
@@ -145,7 +151,8 @@ class ResNet(nn.Module):
         # Pre-activation nets end with the BN-ReLU that no block applies after its last add.
         self.norm = norm_layer(inplanes) if preact else nn.Identity()
         self.final_relu = nn.ReLU() if preact else nn.Identity()
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        # Named avgpool either way, as torchvision's (it holds no weights, so no key depends on it).
+        self.avgpool = nn.AdaptiveAvgPool2d(1) if global_pool == "avg" else nn.AdaptiveMaxPool2d(1)
         self.fc = nn.Linear(inplanes, num_classes) if num_classes > 0 else nn.Identity()
 
         # Paper Sec. 3.4: weights initialised as in He et al. 2015 ("Delving deep").
@@ -194,7 +201,7 @@ class ResNet(nn.Module):
         return self.final_relu(self.norm(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global average pool, then the classifier unless ``pre_logits``."""
+        """Global pooling, then the classifier unless ``pre_logits``."""
         x = torch.flatten(self.avgpool(x), 1)
         return x if pre_logits else self.fc(x)
 

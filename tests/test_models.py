@@ -443,3 +443,19 @@ def test_whiten16_pool_stem_keeps_16_filters_and_pools_before_its_batch_norm():
     pooled = F.max_pool2d(F.conv2d(x, new.conv1.weight, padding=1), 2)
     assert torch.allclose(new.bn1.running_mean, 0.1 * pooled.mean((0, 2, 3)), atol=1e-6)
     assert [layer.kind for layer in trace(new, (1, 28, 28)).stem] == ["conv", "maxpool", "bn", "relu"]
+
+
+def test_global_max_pool_hands_the_classifier_each_channels_strongest_response():
+    torch.manual_seed(0)
+    kw = {"num_classes": 10, "in_chans": 1}
+    avg = resnetkit.create_model("fashion_resnet8_pool16", **kw).eval()
+    mx = resnetkit.create_model("fashion_resnet8_pool16", global_pool="max", **kw).eval()
+    mx.load_state_dict(avg.state_dict())  # pooling holds no weights: the same keys and shapes
+    x = torch.randn(4, 1, 28, 28)
+    feats = mx.forward_features(x)
+    assert torch.equal(mx.forward_head(feats, pre_logits=True), feats.amax((2, 3)))
+    assert torch.allclose(avg.forward_head(feats, pre_logits=True), feats.mean((2, 3)))
+    assert torch.allclose(mx(x), F.linear(feats.amax((2, 3)), avg.fc.weight, avg.fc.bias), atol=1e-5)
+    assert [(layer.kind, layer.label) for layer in trace(mx, (1, 28, 28)).head][0] == ("maxpool", "global max pool")
+    with pytest.raises(ValueError, match="global_pool must be one of avg, max"):
+        resnetkit.create_model("resnet20", global_pool="min")

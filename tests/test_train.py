@@ -518,14 +518,15 @@ def test_weights_file_metadata_round_trip(tmp_path):
     assert m.metadata["dataset"] == "mnist" and len(m.metadata["mean"]) == 1
 
 
-def test_custom_widths_and_blocks_train_and_rebuild(tmp_path):
+def test_custom_widths_blocks_and_pooling_train_and_rebuild(tmp_path):
     out = tmp_path / "wide"
-    cli("train", "--model", "resnet20", "--widths", 8, 16, 32, "--blocks", 1, 1, 1, "--data", "mnist",
-        "--data-dir", write_mnist(tmp_path / "m", 128, 32), "--max-steps", 2, "--batch-size", 32,
-        "--precision", "fp32", "--no-channels-last", "--out", out, "--no-tensorboard", check=True)
+    cli("train", "--model", "resnet20", "--widths", 8, 16, 32, "--blocks", 1, 1, 1, "--global-pool", "max",
+        "--data", "mnist", "--data-dir", write_mnist(tmp_path / "m", 128, 32), "--max-steps", 2,
+        "--batch-size", 32, "--precision", "fp32", "--no-channels-last", "--out", out, "--no-tensorboard", check=True)
     m = resnetkit.load(out / "model.safetensors")
     assert m.model_args["widths"] == [8, 16, 32] and m.model_args["blocks"] == [1, 1, 1]
     assert m.depth == 8 and m.layer3[0].conv1.weight.shape == (32, 16, 3, 3)
+    assert m.model_args["global_pool"] == "max" and isinstance(m.avgpool, torch.nn.AdaptiveMaxPool2d)
     assert yaml.safe_load((out / "config.yaml").read_text())["widths"] == [8, 16, 32]
     run = cli("train", "--widths", 8, 16, "--data", "mnist", "--data-dir", tmp_path / "m", "--out", out)
     assert run.returncode == 2 and "one width per stage" in run.stderr and run.stderr.count("\n") == 1
