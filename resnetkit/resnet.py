@@ -349,3 +349,11 @@ def fashion_resnet8_pool16(**kwargs) -> ResNet:
     before the stem's BN and ReLU: nearly the same net on a cheaper step (CPU kernels work in
     blocks of 16 channels; BN and ReLU run on a quarter of the positions)."""
     return _cifar(8, kwargs, widths=(64, 128, 256), stem="whiten16-pool")
+
+
+@register_model
+def fashion_resnet8_pool16_proj(**kwargs) -> ResNet:
+    """``fashion_resnet8_pool16`` with a learned 1x1 projection on every block's shortcut (option B;
+    each of the three blocks changes its width) and global max pooling before the classifier:
+    more learned per epoch for 0.9x the images a second (the speedrun's net since 2026-12-07)."""
+    return _cifar(8, kwargs, widths=(64, 128, 256), stem="whiten16-pool", shortcut="B", global_pool="max")

@@ -19,7 +19,8 @@ IMAGENET = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resne
             "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]
 CIFAR = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202"]
 PLAIN = ["plain18", "plain34", "plain20", "plain32", "plain44", "plain56", "plain110"]
-FASHION = ["fashion_resnet8", "fashion_resnet14", "fashion_resnet8_pool", "fashion_resnet8_pool16"]
+FASHION = ["fashion_resnet8", "fashion_resnet14", "fashion_resnet8_pool", "fashion_resnet8_pool16",
+           "fashion_resnet8_pool16_proj"]
 # Checked by counts only: too large for a fast forward/backward on 2 cores.
 HUGE = {"resnet1202", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet101_2"}
 
@@ -459,3 +460,18 @@ def test_global_max_pool_hands_the_classifier_each_channels_strongest_response()
     assert [(layer.kind, layer.label) for layer in trace(mx, (1, 28, 28)).head][0] == ("maxpool", "global max pool")
     with pytest.raises(ValueError, match="global_pool must be one of avg, max"):
         resnetkit.create_model("resnet20", global_pool="min")
+
+
+def test_the_projection_net_is_the_pool16_net_with_option_b_shortcuts_and_a_max_head():
+    kw = {"num_classes": 10, "in_chans": 1}
+    proj = resnetkit.create_model("fashion_resnet8_pool16_proj", **kw)
+    spelled = resnetkit.create_model("fashion_resnet8_pool16", shortcut="B", global_pool="max", **kw)
+    assert repr(proj) == repr(spelled)
+    # Counted by hand from fashion_resnet8_pool16 (1,156,538 parameters, 34,140,928 multiply-adds):
+    # a 1x1 conv and BN on each shortcut, 16->64 at 14x14, 64->128 at 7x7, 128->256 at 4x4.
+    convs = [(16, 64, 14 * 14), (64, 128, 7 * 7), (128, 256, 4 * 4)]
+    s = resnetkit.summary(proj, (1, 1, 28, 28))
+    assert s.total_params == 1_156_538 + sum(i * o + 2 * o for i, o, _ in convs) == 1_199_418
+    assert s.macs == 34_140_928 + sum(i * o * n for i, o, n in convs)
+    blocks = trace(proj, (1, 28, 28)).stages
+    assert [b.shortcut for stage in blocks for b in stage.blocks] == ["projection"] * 3

@@ -430,25 +430,26 @@ def measured_differences(cfg: TrainConfig, results: str) -> set[str]:
     # those runs were eager, the recipe compiles only on CPUs where that pays, unless told)
     assert measured["precision"] == "bf16" and measured["compile"] is False
     assert cfg.precision == FAST_PRECISION and cfg.compile == COMPILE_PAYS
-    spelling = {"recipe", "out", "precision", "compile", "model", "stem", "widths", "blocks"}
+    spelling = {"recipe", "out", "precision", "compile", "model", "stem", "widths", "blocks", "shortcut", "global_pool"}
     return {k for k in ours if ours[k] != measured.get(k, defaults[k])} - spelling
 
 
 def test_speedrun_recipe_is_the_configuration_the_benchmark_measured():
     # The 15-minute runs published in docs/benchmarks.md were trained by benchmarks/speedrun.py
     # with explicit settings; `--recipe speedrun` must train exactly the best of them (batch 256,
-    # 6 seeds), bar the clock and seed, and build the same net.
+    # option-B shortcuts and a max-pooled head, 5 seeds), bar the clock and seed, and build the same net.
     recipe = make_config({"recipe": "speedrun"})
-    assert measured_differences(recipe, "speedrun-900-zen4-pool16-muon002-b256-clgrad-pad1") == {"time_limit"}
-    assert recipe.time_limit == 900 and recipe.model == "fashion_resnet8_pool16"
+    assert measured_differences(recipe, "speedrun-900-zen4-pool16-muon002-b256-clgrad-pad1-shortcutB-maxhead") == {
+        "time_limit"}
+    assert recipe.time_limit == 900 and recipe.model == "fashion_resnet8_pool16_proj"
     assert all(make_config({"recipe": "speedrun", "compile": c}).compile is c for c in (True, False))
 
 
 def test_make_demo_trains_the_recipe_its_published_runs_measured(monkeypatch):
     # The demo's published runs (README, docs/benchmarks.md) trained the recipe as it was at batch
     # 512 on a 450 s clock with Muon lr 0.045; the recipe has moved to batch 256 since (its 15
-    # minutes, not the demo's 7.5, were measured), so the Makefile spells the old batch out. The
-    # command, through the real CLI, must still train that batch-512 run bar its clock and lr.
+    # minutes, not the demo's 7.5, were measured), so the Makefile spells the old batch and net out.
+    # The command, through the real CLI, must still train that batch-512 run bar its clock and lr.
     line = next(ln for ln in (ROOT / "Makefile").read_text().splitlines() if "resnetkit train" in ln)
     seen = []
     monkeypatch.setattr(train_module, "train", lambda cfg, **_: seen.append(cfg) or
