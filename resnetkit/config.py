@@ -48,9 +48,9 @@ RECIPES: dict[str, dict] = {
     # 0.06) was measured, and `make demo` passes it.
     # Random translation of up to 1 pixel, not 2: +0.35 points at 5 minutes, +0.31 at 15. None at
     # all is better again at 5 minutes (+0.19, --pad 0) but overfits at 15 (-0.39).
-    # The net: option-B projections on the shortcuts and a max-pooled head, 0.9x the images a
-    # second of the option-A, average-pooled fashion_resnet8_pool16 but more learned per epoch
-    # (+0.12 against that net's line through seconds and accuracy, 5 seeds).
+    # The net: option-B projections on the shortcuts and a max-pooled head; 3% more multiply-adds
+    # than the option-A, average-pooled fashion_resnet8_pool16, and more learned per epoch (+0.12
+    # against that net's line through seconds and accuracy, 5 seeds).
     # Compiled where that pays for the compile time billed to the clock (``make_config``).
     "speedrun": {
         "model": "fashion_resnet8_pool16_proj", "epochs": 60, "time_limit": 900, "batch_size": 256, "lr": 0.2,
