@@ -102,13 +102,9 @@ def _describe(module: nn.Module) -> tuple[str, str]:
         k, s = module.kernel_size, module.stride
         k, s = (k if isinstance(k, int) else k[0]), (s if isinstance(s, int) else s[0])
         return "maxpool", f"{k}x{k} max pool" + (f", /{s}" if s > 1 else "")
-    if isinstance(module, nn.AdaptiveAvgPool2d):
-        size = module.output_size
-        glob = size in (1, (1, 1))
-        return "avgpool", "global avg pool" if glob else f"adaptive avg pool {size}"
-    if isinstance(module, nn.AdaptiveMaxPool2d):
-        size = module.output_size
-        return "maxpool", "global max pool" if size in (1, (1, 1)) else f"adaptive max pool {size}"
+    if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        op, size = ("avg" if isinstance(module, nn.AdaptiveAvgPool2d) else "max"), module.output_size
+        return f"{op}pool", f"global {op} pool" if size in (1, (1, 1)) else f"adaptive {op} pool {size}"
     if isinstance(module, nn.Linear):
         return "fc", f"fc {module.out_features}"
     if isinstance(module, DropPath):
