@@ -145,6 +145,9 @@ class TrainConfig:
     label_smoothing: float = setting(0.0, "label smoothing", group="optimisation")
     ema: float = setting(0.0, "decay per step of a moving average of the weights, e.g. 0.999 (0: off)",
                          group="optimisation")
+    prune: float = setting(0.0, "InfoBatch: each epoch skip this fraction, at random, of the images whose last "
+                           "loss was below the mean, weighting up the rest of them (the last 1/8 of training "
+                           "sees every image; 0: off)", group="optimisation")
     max_grad_norm: float = setting(0.0, "clip the gradients' global L2 norm to this (0: off)", group="optimisation")
     lookahead: int = setting(0, "Lookahead: every this many steps the weights restart from slow weights moved "
                              "--lookahead-alpha of the way to them (0: off)", group="optimisation")
@@ -209,7 +212,7 @@ class TrainConfig:
                 raise UserError(f"{flag(name)} must not be negative, got {getattr(self, name)}")
         if self.epochs == 0 and self.max_steps == 0:
             raise UserError("set --epochs or --max-steps")
-        for name in ["label_smoothing", "ema", "muon_momentum"]:
+        for name in ["label_smoothing", "ema", "muon_momentum", "prune"]:
             if not 0 <= getattr(self, name) < 1:
                 raise UserError(f"{flag(name)} must be in [0, 1), got {getattr(self, name)}")
         if not 0 < self.lookahead_alpha <= 1:

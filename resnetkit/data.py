@@ -441,6 +441,7 @@ class TensorLoader:
         self.mean, self.std, self.pad, self.flip, self.erase = mean, std, pad, flip, erase
         self.alternate_flip = alternate_flip
         self.translate = True  # the trainer holds it off for --pad-from; read batch by batch
+        self.index: torch.Tensor | None = None  # the last batch's image indices (--prune scores them)
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.drop_last = train if drop_last is None else drop_last
         self.device = torch.device(device)
@@ -453,14 +454,18 @@ class TensorLoader:
             return n // self.world_size // self.batch_size
         return math.ceil(len(range(self.rank, n, self.world_size)) / self.batch_size)
 
-    def epoch(self, epoch: int, start_batch: int = 0):
-        """Yield (normalised float images, labels) for one epoch, from ``start_batch`` on."""
+    def epoch(self, epoch: int, start_batch: int = 0, order: torch.Tensor | None = None):
+        """Yield (normalised float images, labels) for one epoch, from ``start_batch`` on. ``order``
+        (n image indices, repeats allowed; training only) replaces the epoch's random permutation.
+        ``self.index`` holds the indices of the batch last yielded."""
         n = len(self.labels)
         mine = slice(self.rank, None, self.world_size)  # this rank's positions in the epoch's order
         if not self.train:
             idx = torch.arange(n)[mine]
         else:
-            idx = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))[mine]
+            if order is None:
+                order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+            idx = order[mine]
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 7_919)
             shifts = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=g)[mine]
             flips = (torch.rand(n, generator=g) < 0.5)[mine]
@@ -484,6 +489,7 @@ class TensorLoader:
             x = normalize(x, self.mean, self.std)
             if self.train and self.erase:
                 x = apply_erase(x, boxes[batch])
+            self.index = sel
             yield x, self.labels[sel.to(self.device)]
 
     def sample(self, i: int) -> tuple[torch.Tensor, int]:
@@ -751,9 +757,10 @@ def build_loaders(cfg, device: torch.device, rank: int = 0, world: int = 1) -> L
     if cfg.data == "folder":
         if not cfg.data_dir:
             raise UserError("--data folder needs --data-dir (with train/ and val/ sub-folders)")
-        if cfg.holdout or cfg.alternate_flip:
-            raise UserError(f"{'--holdout' if cfg.holdout else '--alternate-flip'} works with the in-memory "
-                            "datasets (fashion-mnist, mnist, cifar10, cifar100), not --data folder")
+        for name in ("holdout", "alternate_flip", "prune"):
+            if getattr(cfg, name):
+                raise UserError(f"--{name.replace('_', '-')} works with the in-memory datasets (fashion-mnist, "
+                                "mnist, cifar10, cifar100), not --data folder")
         root = Path(cfg.data_dir)
         train_root = root / "train" if (root / "train").is_dir() else root
         test_root = _eval_folder(root)

@@ -74,6 +74,17 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_gather(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``t`` (same shape on each), concatenated in rank order along dim 0; ``t``
+    itself in a single process."""
+    if not active():
+        return t
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else t.device
+    parts = [torch.empty_like(t, device=on) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.to(on))
+    return torch.cat(parts).to(t.device)
+
+
 def all_max(value: float) -> float:
     """The largest ``value`` any rank holds (so every rank takes the same decision from a clock)."""
     if not active():

@@ -87,6 +87,28 @@ def lr_factor(step: int, cfg: TrainConfig, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
+# InfoBatch anneals: the last 1/8 of the schedule trains on every image again, unweighted.
+PRUNE_UNTIL = 0.875
+
+
+def pruned_order(scores: torch.Tensor, fraction: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """--prune (Qin et al., "InfoBatch", ICLR 2024): an epoch's order of image indices, and a
+    loss weight per image. ``fraction`` of the images whose last loss (``scores``; NaN where
+    never scored) is below the mean are skipped, drawn at random; the others that are below it
+    weigh 1 / (1 - fraction), so the expected gradient stays the full set's. The epoch keeps its
+    length: the kept images come round in fresh random orders until it is full, so hard images
+    are seen more often in the same time. Weights are scaled to average 1 over the kept images,
+    which keeps the gradient's size, and so the learning rate's meaning, as without pruning."""
+    scores = scores.cpu()
+    n = len(scores)
+    easy = scores < scores.nanmean()  # NaN (never scored) compares false: kept, weight 1
+    kept = (~(easy & (torch.rand(n, generator=g) < fraction))).nonzero().squeeze(1)
+    weights = torch.where(easy, 1 / (1 - fraction), 1.0)
+    weights /= weights[kept].mean()
+    rounds = [kept[torch.randperm(len(kept), generator=g)] for _ in range(math.ceil(n / len(kept)))]
+    return torch.cat(rounds)[:n], weights
+
+
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
     """ema <- decay * ema + (1 - decay) * model, over weights and BN statistics alike. The decay
@@ -153,6 +175,9 @@ class TrainState:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: self.lr_scale(s))
         self.muon_scheduler = (torch.optim.lr_scheduler.LambdaLR(self.muon.optimizer, lambda s: self.lr_scale(s))
                                if self.muon else None)
+        # --prune: each training image's last loss, and this epoch's (order, weights) if it prunes.
+        self.scores: torch.Tensor | None = None
+        self.plan: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def final_model(self) -> nn.Module:
@@ -229,6 +254,8 @@ class TrainState:
         if self.muon is not None:
             state["muon"] = {"optimizer": self.muon.optimizer.state_dict(),
                              "scheduler": self.muon_scheduler.state_dict()}
+        if self.scores is not None:
+            state["prune"] = {"scores": self.scores, "plan": self.plan}
         return state
 
     def load_state_dict(self, state: dict, where: str = "checkpoint") -> None:
@@ -251,6 +278,8 @@ class TrainState:
         if self.muon is not None:
             self.muon.optimizer.load_state_dict(state["muon"]["optimizer"])
             self.muon_scheduler.load_state_dict(state["muon"]["scheduler"])
+        if self.cfg.prune and "prune" in state:  # without, the scores start afresh
+            self.scores, self.plan = state["prune"]["scores"], state["prune"]["plan"]
         self.step, self.train_time = state["step"], state["train_time"]
         # The clock --time-limit decided on, which excludes the logging after that step.
         self.elapsed = state.get("elapsed", self.train_time)
@@ -290,14 +319,29 @@ def run_epoch(state: TrainState, loader, epoch: int, run: RunDir, forward: nn.Mo
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen, t_log, spent = 0, clock(), 0.0  # spent: training seconds since the last log row
     loader.translate = state.translating()
-    for x, y in loader.epoch(epoch, start_batch):
+    order = weights = None
+    if cfg.prune:
+        if state.scores is None:
+            state.scores = torch.full((len(loader.labels),), math.nan, device=device)
+        if start_batch == 0:  # a resumed epoch keeps the plan it started with (checkpoint.pt)
+            g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + 15_485_863)
+            pruning = epoch > 0 and state.schedule_step(state.step) < PRUNE_UNTIL * state.horizon
+            state.plan = pruned_order(state.scores, cfg.prune, g) if pruning else None
+        if state.plan is not None:
+            order, weights = state.plan[0], state.plan[1].to(device)
+    batches = loader.epoch(epoch, start_batch) if order is None else loader.epoch(epoch, start_batch, order)
+    for x, y in batches:
         size = state.image_size(x.shape[-1])
         if size < x.shape[-1]:  # --progressive: smaller images early on, at a fraction of the cost
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         x = x.contiguous(memory_format=memory_format)
         with autocast(device, cfg.precision):
             logits = forward(x)
-            loss = criterion(logits.float(), y)
+            losses = criterion(logits.float(), y)  # one per image
+        loss = losses.mean() if weights is None else (losses * weights[loader.index.to(device)]).mean()
+        if state.scores is not None:  # every rank keeps every rank's scores, so all plan alike
+            index = distributed.all_gather(loader.index.to(device))
+            state.scores[index] = distributed.all_gather(losses.detach())
         if check_each_step and not math.isfinite(loss.item()):
             diverged(state, run, loss.item(), state.step + 1)
         model.zero_grad(set_to_none=True)
@@ -312,7 +356,7 @@ def run_epoch(state: TrainState, loader, epoch: int, run: RunDir, forward: nn.Mo
             run.log({"step": state.step, **stats.after_step()}, "layers.jsonl")
         state.after_step(t_log)
         loader.translate = state.translating()  # the loader draws the next batch lazily, after this
-        loss_sum += loss.detach() * len(y)
+        loss_sum += losses.detach().sum()  # unweighted, as without --prune
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
 
@@ -384,7 +428,7 @@ def train(cfg: TrainConfig, *, tensorboard: bool = True, verbose: bool = True) -
         model.fit_whitening(first_images(data.train, 5000))
     forward = distributed.wrap(model, device) if world > 1 else model
     forward = torch.compile(forward) if cfg.compile else forward
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="none")
     state = TrainState(cfg, model, steps_per_epoch, horizon, total_steps)
 
     # Output folder, and resume
