@@ -329,6 +329,7 @@ def run_epoch(state: TrainState, loader, epoch: int, run: RunDir, forward: nn.Mo
             state.plan = pruned_order(state.scores, cfg.prune, g) if pruning else None
         if state.plan is not None:
             order, weights = state.plan[0], state.plan[1].to(device)
+            skipped = 1 - len(order.unique()) / len(order)  # logged with each row of the epoch
     batches = loader.epoch(epoch, start_batch) if order is None else loader.epoch(epoch, start_batch, order)
     for x, y in batches:
         size = state.image_size(x.shape[-1])
@@ -379,7 +380,8 @@ def run_epoch(state: TrainState, loader, epoch: int, run: RunDir, forward: nn.Mo
             lr = state.scheduler.get_last_lr()[0]
             run.log({"epoch": step / steps_per_epoch, "step": step, "train_loss": mean_loss,
                      "train_error": 1 - acc, "lr": lr, "images_per_sec": ips, "images": seen,
-                     **({"image_size": size} if cfg.progressive else {})})
+                     **({"image_size": size} if cfg.progressive else {}),
+                     **({"skipped": skipped} if weights is not None else {})})
             bar.update(step - epoch * steps_per_epoch - bar.n)
             bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{100 * acc:.2f}%", img_s=f"{ips:.0f}")
             loss_sum = torch.zeros((), device=device)

@@ -105,6 +105,25 @@ def test_sync_bn_two_ranks_match_one_process(tmp_path, mnist):
     assert not all(_close(local[k], ref[k], 1e-3) for k in ref)
 
 
+def test_prune_two_ranks_score_and_plan_alike_and_match_one_process(tmp_path, mnist):
+    # --prune plans each epoch from every image's last loss: the ranks must share their scores,
+    # or each would skip other images and the global batch would no longer be one process's.
+    # Settings as the SyncBatchNorm test above; epoch 1 of 2 prunes.
+    common = ["--data-dir", mnist, "--epochs", 2, "--no-flip", "--pad", 0, "--zero-init-residual", "--prune", 0.5]
+    finish(torchrun(*SETTINGS, *common, "--sync-bn", "--out", tmp_path / "two"))
+    one = make_config({"model": "resnet20", "data": "mnist", "data_dir": str(mnist), "epochs": 2, "flip": False,
+                       "pad": 0, "zero_init_residual": True, "prune": 0.5, "batch_size": BATCH, "lr": 0.05,
+                       "precision": "fp32", "channels_last": False, "tta": False, "out": str(tmp_path / "one")})
+    train(one, tensorboard=False, verbose=False)
+    two = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
+    ref = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["replicas_identical"]
+    # Both ranks' last losses for all 512 images, and so the same plan as one process.
+    assert torch.equal(two["prune"]["plan"][0], ref["prune"]["plan"][0])
+    assert _close(two["prune"]["scores"], ref["prune"]["scores"], 1e-4)
+    assert all(_close(two["model"][k], ref["model"][k], 1e-4) for k in ref["model"])
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():

@@ -23,12 +23,12 @@ from resnetkit import train as train_module
 from resnetkit.checkpoint import save_weights
 from resnetkit.cli import build_parser, main
 from resnetkit.config import FIELDS, TrainConfig, make_config, model_kwargs
-from resnetkit.data import build_eval_loader
+from resnetkit.data import build_eval_loader, load_arrays, normalize
 from resnetkit.errors import UserError
 from resnetkit.evaluate import evaluate_model
 from resnetkit.muon import FilterMuon
 from resnetkit.rundir import read_metrics
-from resnetkit.train import TrainState, init_from, lr_factor, train, update_ema
+from resnetkit.train import TrainState, init_from, lr_factor, pruned_order, train, update_ema
 
 
 def cli(*args, check=False):
@@ -437,10 +437,11 @@ def measured_differences(cfg: TrainConfig, results: str) -> set[str]:
 def test_speedrun_recipe_is_the_configuration_the_benchmark_measured():
     # The 15-minute runs published in docs/benchmarks.md were trained by benchmarks/speedrun.py
     # with explicit settings; `--recipe speedrun` must train exactly the best of them (batch 256,
-    # option-B shortcuts and a max-pooled head, 5 seeds), bar the clock and seed, and build the same net.
+    # option-B shortcuts, a max-pooled head and InfoBatch pruning, 5 seeds), bar the clock and
+    # seed, and build the same net.
     recipe = make_config({"recipe": "speedrun"})
-    assert measured_differences(recipe, "speedrun-900-zen4-pool16-muon002-b256-clgrad-pad1-shortcutB-maxhead") == {
-        "time_limit"}
+    measured = "speedrun-900-zen4-pool16-muon002-b256-clgrad-pad1-shortcutB-maxhead-prune05"
+    assert measured_differences(recipe, measured) == {"time_limit"}
     assert recipe.time_limit == 900 and recipe.model == "fashion_resnet8_pool16_proj"
     assert all(make_config({"recipe": "speedrun", "compile": c}).compile is c for c in (True, False))
 
@@ -448,7 +449,8 @@ def test_speedrun_recipe_is_the_configuration_the_benchmark_measured():
 def test_make_demo_trains_the_recipe_its_published_runs_measured(monkeypatch):
     # The demo's published runs (README, docs/benchmarks.md) trained the recipe as it was at batch
     # 512 on a 450 s clock with Muon lr 0.045; the recipe has moved to batch 256 since (its 15
-    # minutes, not the demo's 7.5, were measured), so the Makefile spells the old batch and net out.
+    # minutes, not the demo's 7.5, were measured), so the Makefile spells the old batch and net out,
+    # and turns the recipe's pruning off.
     # The command, through the real CLI, must still train that batch-512 run bar its clock and lr.
     line = next(ln for ln in (ROOT / "Makefile").read_text().splitlines() if "resnetkit train" in ln)
     seen = []
@@ -579,8 +581,6 @@ def test_progressive_resizing_grows_the_images_the_model_sees_to_full_size(tmp_p
 
 
 def test_pad_from_starts_translating_the_training_images_at_that_fraction_of_the_schedule(tmp_path, monkeypatch):
-    from resnetkit.data import load_arrays, normalize
-
     seen = record_training_inputs(monkeypatch)
     cfg = small(tmp_path, pad=2, pad_from=0.5, epochs=4)  # 8 steps per epoch, 32 steps
     train(cfg, tensorboard=False, verbose=False)
@@ -596,8 +596,101 @@ def test_pad_from_starts_translating_the_training_images_at_that_fraction_of_the
         small(tmp_path, pad_from=1)
 
 
+def test_pruned_order_skips_a_random_share_of_the_easy_images_and_keeps_the_expected_gradient():
+    n, fraction = 1000, 0.5
+    losses = torch.distributions.Exponential(1.0).sample((n,), ).float()
+    easy = losses < losses.mean()
+    sums = []
+    for draw in range(40):
+        order, weights = pruned_order(losses, fraction, torch.Generator().manual_seed(draw))
+        kept = order.unique()
+        skipped = ~torch.isin(torch.arange(n), kept)
+        # Only easy images are skipped, about half of them (3 sd of the binomial is 0.05).
+        assert len(order) == n and easy[skipped].all()
+        assert 0.4 < 1 - easy[kept].sum() / easy.sum() < 0.6
+        # The epoch's n positions cycle through the kept images: each comes round as often as the
+        # others, give or take the last, cut-off round.
+        counts = torch.bincount(order, minlength=n)[kept]
+        assert counts.max() - counts.min() <= 1 and counts.min() >= 1
+        # An easy image that is kept weighs 1 / (1 - fraction) times a hard one; kept ones average 1.
+        assert torch.allclose(weights[easy] / weights[~easy].max(), torch.tensor(1 / (1 - fraction)))
+        assert weights[kept].mean().item() == pytest.approx(1.0, rel=1e-6)
+        sums.append((weights[kept] * losses[kept]).mean())
+    # Unbiased: a kept image drawn at random contributes, on average over draws, the full set's
+    # mean loss (and so its gradient); the unweighted kept set's mean is far above it.
+    assert torch.stack(sums).mean().item() == pytest.approx(losses.mean().item(), rel=0.02)
+    assert losses[order].mean() > 1.15 * losses.mean()
+    # Images never scored (NaN) are kept, at a hard image's weight.
+    partly = losses.clone()
+    partly[:10] = float("nan")
+    order, weights = pruned_order(partly, fraction, torch.Generator().manual_seed(0))
+    assert torch.isin(torch.arange(10), order).all() and torch.allclose(weights[:10], weights[~easy].max())
+
+
+def test_prune_trains_the_pruned_epochs_on_the_plans_images_by_their_weights(tmp_path, monkeypatch):
+    plans = []
+
+    def recorded(scores, fraction, g):
+        plans.append((scores.clone(), *pruned_order(scores, fraction, g)))
+        return plans[-1][1:]
+
+    monkeypatch.setattr(train_module, "pruned_order", recorded)
+    seen = record_training_inputs(monkeypatch)
+    # 8 steps of 64 images per epoch, 8 epochs: epochs 1-6 start before 7/8 of the 64 steps and prune.
+    cfg = small(tmp_path, prune=0.5, epochs=8, pad=0, flip=False)
+    train(cfg, tensorboard=False, verbose=False)
+    assert len(plans) == 6 and len(seen) == 64
+    m = resnetkit.load(tmp_path / "run" / "model.safetensors")
+    images = normalize(load_arrays("mnist", cfg.data_dir, train=True).images, m.metadata["mean"], m.metadata["std"])
+    where = {img.numpy().tobytes(): i for i, img in enumerate(images)}
+    index = [[where[x.numpy().tobytes()] for x in batch] for batch in seen]
+    by_epoch = [sum(index[8 * e:8 * e + 8], []) for e in range(8)]
+    for e, (scores, order, _) in enumerate(plans, start=1):
+        assert not scores.isnan().any()  # epoch 0 scored all 512 images
+        assert by_epoch[e] == order.tolist()  # the epoch trained on the plan's images, in its order
+        assert len(set(by_epoch[e])) < 512
+    # Epoch 0 and the last 1/8 see every image once, in a plain random order.
+    assert sorted(by_epoch[0]) == sorted(by_epoch[7]) == list(range(512))
+    # Each log row of a pruned epoch says what share of the images it skips.
+    rows = {r["step"]: r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train_loss" in r}
+    assert [s for s, r in rows.items() if "skipped" in r] == list(range(12, 57, 4))
+    assert [rows[8 * e + 4]["skipped"] for e in range(1, 7)] == [1 - len(set(by_epoch[e])) / 512 for e in range(1, 7)]
+    # The plan's weights scale each image's loss: weighed zero, pruned epochs leave the filters alone.
+    def weighed_zero(scores, fraction, g):
+        return torch.randperm(len(scores), generator=g), torch.zeros(len(scores))
+
+    monkeypatch.setattr(train_module, "pruned_order", weighed_zero)
+    run = tmp_path / "zero"
+    saved = []
+    real_save = rundir.save_checkpoint
+
+    def save(path, state):
+        real_save(path, state)
+        saved.append(copy.deepcopy(state["model"]))
+
+    monkeypatch.setattr(rundir, "save_checkpoint", save)
+    train(small(tmp_path, prune=0.5, epochs=8, momentum=0, nesterov=False, weight_decay=0, out=str(run)),
+          tensorboard=False, verbose=False)
+    conv = "layer1.0.conv1.weight"
+    assert len(saved) == 8  # one checkpoint per epoch
+    assert all(torch.equal(saved[0][conv], saved[e][conv]) for e in range(1, 7))  # epochs 1-6 weighed zero
+    assert not torch.equal(saved[6][conv], saved[7][conv])  # the last epoch trains, unweighted
+    with pytest.raises(UserError, match="--prune must be in \\[0, 1\\), got 1"):
+        small(tmp_path, prune=1)
+
+
+def test_prune_resumes_mid_epoch_exactly(tmp_path):
+    full = small(tmp_path, out=str(tmp_path / "full"), prune=0.5)  # 2 epochs of 8 steps: epoch 1 prunes
+    train(full, tensorboard=False, verbose=False)
+    train(small(tmp_path, out=str(tmp_path / "part"), prune=0.5, max_steps=11), tensorboard=False, verbose=False)
+    train(small(tmp_path, out=str(tmp_path / "part"), prune=0.5, resume=True), tensorboard=False, verbose=False)
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), "resumed run diverged"
+    assert torch.equal(a["prune"]["scores"], b["prune"]["scores"])
+
+
 def test_shifted_tta_averages_ten_views_and_eval_repeats_it(tmp_path):
-    from resnetkit.data import load_arrays, normalize
     from resnetkit.evaluate import evaluate_loaded
 
     cfg = small(tmp_path, max_steps=3, tta=True, tta_shift=1)
