@@ -209,6 +209,20 @@ class TrainState:
         """--pad-from: whether the next training batch is translated yet."""
         return self.schedule_step(self.step) >= self.cfg.pad_from * self.horizon
 
+    def plan_epoch(self, epoch: int, start: int, n: int, device: torch.device) -> tuple | None:
+        """--prune: the (image order, loss weights) of an epoch that prunes, else None (epoch 0,
+        the last 1/8 of the schedule, no --prune). Drawn as the epoch starts; an epoch resumed
+        part-way keeps the plan it started with (checkpoint.pt)."""
+        if not self.cfg.prune:
+            return None
+        if self.scores is None:
+            self.scores = torch.full((n,), math.nan, device=device)
+        if start == 0:
+            g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch + 15_485_863)
+            pruning = epoch > 0 and self.schedule_step(self.step) < PRUNE_UNTIL * self.horizon
+            self.plan = pruned_order(self.scores, self.cfg.prune, g) if pruning else None
+        return self.plan
+
     def optimizer_step(self) -> None:
         self.optimizer.step()
         if self.muon is not None:
@@ -319,18 +333,12 @@ def run_epoch(state: TrainState, loader, epoch: int, run: RunDir, forward: nn.Mo
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen, t_log, spent = 0, clock(), 0.0  # spent: training seconds since the last log row
     loader.translate = state.translating()
-    order = weights = None
-    if cfg.prune:
-        if state.scores is None:
-            state.scores = torch.full((len(loader.labels),), math.nan, device=device)
-        if start_batch == 0:  # a resumed epoch keeps the plan it started with (checkpoint.pt)
-            g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + 15_485_863)
-            pruning = epoch > 0 and state.schedule_step(state.step) < PRUNE_UNTIL * state.horizon
-            state.plan = pruned_order(state.scores, cfg.prune, g) if pruning else None
-        if state.plan is not None:
-            order, weights = state.plan[0], state.plan[1].to(device)
-            skipped = 1 - len(order.unique()) / len(order)  # logged with each row of the epoch
-    batches = loader.epoch(epoch, start_batch) if order is None else loader.epoch(epoch, start_batch, order)
+    plan = state.plan_epoch(epoch, start_batch, len(loader.labels), device)
+    if plan is None:
+        batches, weights = loader.epoch(epoch, start_batch), None
+    else:
+        batches, weights = loader.epoch(epoch, start_batch, plan[0]), plan[1].to(device)
+        skipped = 1 - len(plan[0].unique()) / len(plan[0])  # logged with each row of the epoch
     for x, y in batches:
         size = state.image_size(x.shape[-1])
         if size < x.shape[-1]:  # --progressive: smaller images early on, at a fraction of the cost
