@@ -30,7 +30,7 @@ browser:
 # Half the recipe's clock, at the batch 512 its published runs trained (the recipe's batch 256
 # was measured at 15 minutes only); Muon's best lr is higher in shorter runs (docs/benchmarks.md).
 demo: setup data
-	$(VENV)/bin/resnetkit train --recipe speedrun --model fashion_resnet8_pool16 --prune 0 --time-limit 450 --batch-size 512 --lr 0.4 --muon-lr 0.045 --data fashion-mnist --out runs/demo
+	$(VENV)/bin/resnetkit train --recipe speedrun --model fashion_resnet8_pool16 --time-limit 450 --batch-size 512 --lr 0.4 --muon-lr 0.045 --data fashion-mnist --out runs/demo
 	$(VENV)/bin/resnetkit eval runs/demo/model.safetensors --data fashion-mnist
 
 # Two pytest workers of one thread each: OpenMP threads beyond the core count spin and stall.
