@@ -51,8 +51,8 @@ RECIPES: dict[str, dict] = {
     # The net: option-B projections on the shortcuts and a max-pooled head; 3% more multiply-adds
     # than the option-A, average-pooled fashion_resnet8_pool16, and more learned per epoch (+0.12
     # against that net's line through seconds and accuracy, 5 seeds).
-    # InfoBatch pruning (--prune 0.5): each epoch skips half the images the net already gets
-    # right with a below-mean loss, so the clock goes on the others; +0.19 over the same net
+    # InfoBatch pruning (--prune 0.5): each epoch skips, at random, half the images whose last
+    # loss was below the mean, so the clock goes on the others; +0.19 over the same net
     # without it at 15 minutes (95.11 ± 0.07% over 5 seeds, the first mean above 95%).
     # Compiled where that pays for the compile time billed to the clock (``make_config``).
     "speedrun": {

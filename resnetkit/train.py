@@ -347,10 +347,10 @@ def run_epoch(state: TrainState, loader, epoch: int, run: RunDir, forward: nn.Mo
         with autocast(device, cfg.precision):
             logits = forward(x)
             losses = criterion(logits.float(), y)  # one per image
-        loss = losses.mean() if weights is None else (losses * weights[loader.index.to(device)]).mean()
         if state.scores is not None:  # every rank keeps every rank's scores, so all plan alike
-            index = distributed.all_gather(loader.index.to(device))
-            state.scores[index] = distributed.all_gather(losses.detach())
+            index = loader.index.to(device)
+            state.scores[distributed.all_gather(index)] = distributed.all_gather(losses.detach())
+        loss = losses.mean() if weights is None else (losses * weights[index]).mean()
         if check_each_step and not math.isfinite(loss.item()):
             diverged(state, run, loss.item(), state.step + 1)
         model.zero_grad(set_to_none=True)
